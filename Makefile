@@ -1,0 +1,55 @@
+# opd: `make demo` runs the teacher on the tiny model and queries it; `make test` runs
+# every test layer. Both set up everything they need (virtual environment, packages,
+# generated code, tiny models) on a fresh machine with Python 3.11.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Pinned in every pip command that could re-resolve torch: any other torch pulls CUDA.
+TORCH := torch==2.13.0
+PACKAGES := -e ./protos -e "./client[train]" -e ./services/teacher -e ./services/gateway
+PROTO := protos/opd/teacher/v1/teacher.proto
+GENERATED := protos/opd/teacher/v1/teacher_pb2.py
+STAMP := $(VENV)/.opd-installed
+PYPROJECTS := protos/pyproject.toml client/pyproject.toml services/teacher/pyproject.toml \
+	services/gateway/pyproject.toml requirements/dev.txt
+
+.PHONY: install protos test demo bench lint format clean
+
+install: $(STAMP) $(GENERATED)
+
+$(STAMP): $(PYPROJECTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q $(TORCH) -r requirements/dev.txt
+	$(PIP) install -q --no-build-isolation $(TORCH) $(PACKAGES)
+	touch $@
+
+# Editable installs read the source tree, so regenerate whenever the contract changes.
+$(GENERATED): $(PROTO) protos/codegen.py $(STAMP)
+	$(PY) protos/codegen.py
+
+protos: $(GENERATED)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m opd_teacher.demo
+
+bench: install
+	$(PY) benchmarks/teacher.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy protos/opd_protos services/teacher/opd_teacher client/opd_client services/gateway/opd_gateway
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache protos/opd/teacher/v1/*_pb2*

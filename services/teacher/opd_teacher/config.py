@@ -1,0 +1,117 @@
+"""Validated configuration of the teacher service, one dataclass per component.
+
+Each field's default lives here and only here; the CLI builds these from its flags, and
+a bad value fails at construction with a message naming the field and its range, before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration value out of range; the message names the field."""
+
+
+def _require(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {problem}")
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """How the service groups jobs into engine batches.
+
+    CPU defaults come from benchmarks/teacher.py: on 2 cores, batching short sequences
+    pays (~1.6x) but padding long ones costs, so the token budget stays small and the
+    wait window short.
+    """
+
+    max_batch_tokens: int = 4096
+    """Padded tokens (sequences x longest) per batch, >= 1; one longer job runs alone."""
+    max_batch_sequences: int = 64
+    """Sequences per batch, >= 1."""
+    max_wait_ms: float = 2.0
+    """How long a batch waits for more jobs after its first arrives, 0..1000 ms."""
+    max_queue: int = 4096
+    """Jobs waiting (not yet running) across all clients, >= 1; more get RESOURCE_EXHAUSTED."""
+
+    def __post_init__(self) -> None:
+        _require(self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1")
+        _require(self.max_batch_sequences >= 1, "max_batch_sequences", "must be >= 1")
+        _require(0 <= self.max_wait_ms <= 1000, "max_wait_ms", "must be in 0..1000")
+        _require(self.max_queue >= 1, "max_queue", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class HFEngineConfig:
+    """The transformers backend: any causal LM directory, no remote code."""
+
+    model_dir: Path
+    """A `save_pretrained` directory with config, weights and tokenizer files."""
+    device: str = "cpu"
+    """'cpu' or 'cuda' (or 'cuda:N')."""
+    dtype: str = "auto"
+    """'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'."""
+    def __post_init__(self) -> None:
+        _require(Path(self.model_dir).is_dir(), "model_dir", f"{self.model_dir} is not a directory")
+        _require(
+            self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            f"{self.device!r} is not 'cpu' or 'cuda[:N]'",
+        )
+        _require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            f"{self.dtype!r} is not auto, float32, bfloat16 or float16",
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC transport and the process lifecycle."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 inside a container."""
+    port: int = 50051
+    """gRPC port, 0..65535 (0 picks a free one)."""
+    max_top_k: int = 256
+    """Largest top_k a request may ask for, >= 1."""
+    max_stream_inflight: int = 256
+    """Requests of one ScoreStream in flight before the server stops reading it
+    (HTTP/2 flow control then pushes back on the client), >= 1."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint; None disables it."""
+    auth_token_file: Path | None = None
+    """File holding the bearer token every call but health and reflection must carry."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM, how long in-flight work may take before the server stops, >= 0."""
+    max_message_bytes: int = 256 << 20
+    """gRPC send and receive message cap on both sides, >= 4 MiB."""
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        _require(self.max_top_k >= 1, "max_top_k", "must be >= 1")
+        _require(self.max_stream_inflight >= 1, "max_stream_inflight", "must be >= 1")
+        _require(
+            self.metrics_port is None or 0 <= self.metrics_port <= 65535,
+            "metrics_port",
+            "must be in 0..65535",
+        )
+        _require(
+            self.auth_token_file is None or Path(self.auth_token_file).is_file(),
+            "auth_token_file",
+            f"{self.auth_token_file} is not a file",
+        )
+        _require(self.drain_timeout_s >= 0, "drain_timeout_s", "must be >= 0")
+        _require(self.max_message_bytes >= 4 << 20, "max_message_bytes", "must be >= 4 MiB")
+
+    def auth_token(self) -> str | None:
+        if self.auth_token_file is None:
+            return None
+        token = Path(self.auth_token_file).read_text().strip()
+        _require(bool(token), "auth_token_file", f"{self.auth_token_file} is empty")
+        return token

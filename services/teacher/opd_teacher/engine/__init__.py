@@ -1,0 +1,1 @@
+"""Scoring engines: one interface (`base.ScoringEngine`), one module per backend."""
