@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from opd_teacher.engine.base import ScoringEngine
 from opd_teacher.engine.topk import result_from_logprobs
 from opd_teacher.tokenizer import TeacherTokenizer
@@ -22,7 +23,9 @@ from opd_teacher.types import EngineInfo, ScoreJob, ScoreResult, SpecialTokenInf
 FAKE_VOCAB = 64
 
 
-def write_word_tokenizer(directory: Path, num_words: int = FAKE_VOCAB, padding_words: int = 0) -> Path:
+def write_word_tokenizer(
+    directory: Path, num_words: int = FAKE_VOCAB, padding_words: int = 0
+) -> Path:
     """A word-level fast tokenizer ('w0'..'wN' plus specials); `padding_words` extra
     vocabulary entries make tokenizer.json as large as a test needs (e.g. > 4 MiB)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -67,6 +70,8 @@ class FakeEngine(ScoringEngine):
         self.max_sequence_length = max_sequence_length
         self.load_gate = asyncio.Event()
         self.load_gate.set()
+        self.score_gate = asyncio.Event()  # clear it to hold every batch inside the engine
+        self.score_gate.set()
         self.batches: list[list[str]] = []  # job ids of every batch run
         self.fail_next: BaseException | None = None
         self.healthy = True
@@ -86,7 +91,10 @@ class FakeEngine(ScoringEngine):
             vocab_size=FAKE_VOCAB,
             max_sequence_length=self.max_sequence_length,
             supports_extra_ids=self.supports_extra_ids,
-            special_tokens=(SpecialTokenInfo("bos", 0, "<bos>"), SpecialTokenInfo("eos", 1, "<eos>")),
+            special_tokens=(
+                SpecialTokenInfo("bos", 0, "<bos>"),
+                SpecialTokenInfo("eos", 1, "<eos>"),
+            ),
         )
 
     @property
@@ -96,6 +104,7 @@ class FakeEngine(ScoringEngine):
 
     async def score(self, jobs: Sequence[ScoreJob]) -> list[ScoreResult]:
         self.batches.append([job.job_id for job in jobs])
+        await self.score_gate.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail_next is not None:

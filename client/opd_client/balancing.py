@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 
 import grpc
+
 from opd.teacher.v1 import teacher_pb2_grpc
 from opd_protos import grpc_message_options
 from opd_protos.names import client_keepalive_options

@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 
+from opd.teacher.v1 import teacher_pb2_grpc
 from opd_client.types import ScoreOutput, build_request, decode_response
 
 

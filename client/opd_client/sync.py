@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from opd.teacher.v1 import teacher_pb2
-
 from opd_client.teacher import TeacherClient
 from opd_client.types import ScoreOutput
 

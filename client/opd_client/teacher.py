@@ -23,14 +23,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
-from opd_protos import CLIENT_METADATA_KEY, tokenizer_digest
-from opd_protos.names import DEFAULT_MAX_MESSAGE_BYTES
 
+from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from opd_client.balancing import Replicas
 from opd_client.retry import RetryPolicy, is_retryable
 from opd_client.stream import ScoreStream
 from opd_client.types import ScoreOutput, build_request, decode_response
+from opd_protos import CLIENT_METADATA_KEY, tokenizer_digest
+from opd_protos.names import DEFAULT_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 

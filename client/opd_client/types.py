@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from opd.teacher.v1 import teacher_pb2
 from opd_protos import unpack_array
 

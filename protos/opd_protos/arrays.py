@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-_LITTLE_ENDIAN = {
+_LITTLE_ENDIAN: dict[np.dtype, np.dtype] = {
     np.dtype(np.int32): np.dtype("<i4"),
     np.dtype(np.float32): np.dtype("<f4"),
     np.dtype(np.float16): np.dtype("<f2"),

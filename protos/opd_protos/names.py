@@ -25,7 +25,9 @@ TOKENIZER_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 
 
-def grpc_message_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def grpc_message_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> list[tuple[str, int]]:
     """Channel/server options raising gRPC's 4 MiB default on both directions.
 
     16k positions at K=32 in float32 already reach 4 MiB, so both the server and every

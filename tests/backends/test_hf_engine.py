@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+
 from opd_client import TeacherClient
 from opd_teacher.config import BatcherConfig, HFEngineConfig, ServerConfig
 from opd_teacher.engine.hf import HFEngine
@@ -34,9 +35,11 @@ def reference_logprobs(model: transformers.PreTrainedModel, ids: list[int]) -> t
 async def hf_client(tiny_teacher_dir: Path) -> AsyncIterator[tuple[TeacherServer, TeacherClient]]:
     engine = HFEngine(HFEngineConfig(model_dir=tiny_teacher_dir))
     config = ServerConfig(port=0, batcher=BatcherConfig(max_wait_ms=20, max_batch_tokens=8192))
-    async with TeacherServer(engine, config) as server:
-        async with TeacherClient(f"127.0.0.1:{server.port}", timeout_s=60) as client:
-            yield server, client
+    async with (
+        TeacherServer(engine, config) as server,
+        TeacherClient(f"127.0.0.1:{server.port}", timeout_s=60) as client,
+    ):
+        yield server, client
 
 
 def _sequences(count: int, seed: int = 0) -> list[list[int]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeEngine, write_word_tokenizer
+
 from opd_client import RetryPolicy, TeacherClient
 from opd_teacher.config import BatcherConfig, ServerConfig
 from opd_teacher.server import TeacherServer

@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 from fakes import FakeEngine
+
 from opd_client import RetryPolicy, TeacherClient
 from opd_teacher.config import BatcherConfig
 
@@ -27,28 +28,39 @@ async def test_concurrent_requests_coalesce_into_batches(start_server, word_toke
 async def test_a_second_clients_request_is_not_starved_by_a_flood(
     start_server, word_tokenizer_dir
 ) -> None:
-    engine = FakeEngine(word_tokenizer_dir, delay_s=0.002)
+    engine = FakeEngine(word_tokenizer_dir)
     server = await start_server(
-        engine, batcher=BatcherConfig(max_batch_sequences=8, max_wait_ms=1), max_stream_inflight=1000
+        engine,
+        batcher=BatcherConfig(max_batch_sequences=8, max_wait_ms=1),
+        max_stream_inflight=1000,
     )
     target = f"127.0.0.1:{server.port}"
     async with (
         TeacherClient(target, timeout_s=60, client_name="flood") as flood,
         TeacherClient(target, timeout_s=60, client_name="single") as single,
     ):
+        engine.score_gate.clear()  # the first batch blocks, so the flood stays queued
         async with flood.stream(top_k=2) as stream:
             flood_futures = [
                 await stream.submit([1, 2, 2 + i % 60], request_id=f"f{i}") for i in range(1000)
             ]
-            while len(engine.batches) < 3:  # the flood is being served
-                await asyncio.sleep(0.001)
-            batches_before = len(engine.batches)
-            await single.score([5, 6, 7], top_k=2)
-            batches_waited = len(engine.batches) - batches_before
-            pending_flood = sum(not f.done() for f in flood_futures)
+            # Every flood request has arrived: queued, or in the batch held by the gate.
+            while server.batcher.queued + sum(map(len, engine.batches)) < 1000:
+                await asyncio.sleep(0.005)
+            queued_flood = server.batcher.queued
+            single_call = asyncio.create_task(single.score([5, 6, 7], top_k=2))
+            while server.batcher.queued == queued_flood:
+                await asyncio.sleep(0.005)
+            engine.score_gate.set()
+            await single_call
+            batch_of_single = next(
+                i for i, b in enumerate(engine.batches) if any(not job.startswith("f") for job in b)
+            )
             await asyncio.gather(*flood_futures)
-    assert pending_flood > 100, "the single request must have arrived while the flood was queued"
-    assert batches_waited <= 3, f"single client waited {batches_waited} batches"
+    assert queued_flood >= 992
+    # Batch 0 was already running when the single request arrived; it rides batch 1.
+    assert batch_of_single == 1, f"single client waited {batch_of_single} batches"
+    assert len(engine.batches) >= 1000 // 8
 
 
 async def test_a_queued_job_whose_deadline_passed_never_runs(

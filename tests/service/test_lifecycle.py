@@ -11,11 +11,12 @@ import pytest
 from fakes import FakeEngine, write_word_tokenizer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from tokenizers import Tokenizer
+
 from opd_client import RetryPolicy, TeacherClient, TokenizerMismatchError
 from opd_protos import LIVENESS_SERVICE, SERVICE_NAME
 from opd_teacher.config import ServerConfig
 from opd_teacher.server import TeacherServer
-from tokenizers import Tokenizer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 from fakes import FAKE_VOCAB, fake_logprobs
+
 from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from opd_client import TeacherClient
 from opd_client.types import build_request
@@ -85,17 +86,31 @@ BAD_REQUESTS = [
     (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=0), "top_k"),
     (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=65), "top_k"),
     (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 64]), top_k=4), "vocab_size"),
-    (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, -3]), top_k=4), "token_ids[1]"),
-    (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1] * 513), top_k=4), "max_sequence_length"),
-    (teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=4, score_from=2), "score_from"),
+    (
+        teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, -3]), top_k=4),
+        "token_ids[1]",
+    ),
+    (
+        teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1] * 513), top_k=4),
+        "max_sequence_length",
+    ),
+    (
+        teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=4, score_from=2),
+        "score_from",
+    ),
     (
         teacher_pb2.ScoreRequest(
-            token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=4, extra_ids=[1, 2, 3], extra_per_position=2
+            token_ids=teacher_pb2.TokenIds(ids=[1, 2]),
+            top_k=4,
+            extra_ids=[1, 2, 3],
+            extra_per_position=2,
         ),
         "N*E",
     ),
     (
-        teacher_pb2.ScoreRequest(token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=4, logprobs_dtype=7),
+        teacher_pb2.ScoreRequest(
+            token_ids=teacher_pb2.TokenIds(ids=[1, 2]), top_k=4, logprobs_dtype=7
+        ),
         "logprobs_dtype",
     ),
 ]

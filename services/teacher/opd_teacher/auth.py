@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from opd_protos import SERVICE_NAME
 
 

@@ -140,7 +140,7 @@ class Batcher:
     def _take_batch(self) -> list[_Pending]:
         """Round-robin over clients, one job per client per pass, within the limits."""
         batch: list[_Pending] = []
-        longest = 0
+        longest = real_tokens = 0
         now = time.monotonic()
         max_sequences = self.config.max_batch_sequences
         took_one = True
@@ -151,20 +151,48 @@ class Batcher:
                     break
                 queue = self._queues[client]
                 self._drop_stale(queue, now)
-                if queue:
-                    new_longest = max(longest, queue[0].job.num_tokens)
-                    # A job over the budget on its own still runs, alone.
-                    if not batch or (len(batch) + 1) * new_longest <= self.config.max_batch_tokens:
-                        batch.append(queue.popleft())
-                        self._set_queued(self._queued - 1)
-                        longest = new_longest
-                        took_one = True
-                        # Served clients move to the back: the next batch starts elsewhere.
-                        self._queues.move_to_end(client)
+                index = self._first_fitting(queue, batch, longest, real_tokens, now)
+                if index is not None:
+                    pending = queue[index]
+                    del queue[index]
+                    batch.append(pending)
+                    self._set_queued(self._queued - 1)
+                    longest = max(longest, pending.job.num_tokens)
+                    real_tokens += pending.job.num_tokens
+                    took_one = True
+                    # Served clients move to the back: the next batch starts elsewhere.
+                    self._queues.move_to_end(client)
                 if not queue:
                     del self._queues[client]
         self._update_idle()
         return batch
+
+    def _first_fitting(
+        self,
+        queue: collections.deque[_Pending],
+        batch: list[_Pending],
+        longest: int,
+        real: int,
+        now: float,
+    ) -> int | None:
+        """Index of the first of this client's next jobs that fits the batch's limits.
+
+        The look-ahead (one batch's worth of jobs) is what lets length bucketing group
+        similar lengths from one client's stream; answers may come out of order anyway.
+        """
+        if not batch:
+            return 0 if queue else None  # a job over the budget on its own still runs, alone
+        for index in range(min(len(queue), self.config.max_batch_sequences)):
+            if queue[index].future.done() or _expired(queue[index].job, now):
+                continue  # dropped when it reaches the head; never run
+            length = queue[index].job.num_tokens
+            padded = (len(batch) + 1) * max(longest, length)
+            if (
+                padded <= self.config.max_batch_tokens
+                and 1 - (real + length) / padded <= self.config.max_padding_fraction
+            ):
+                return index
+        return None
 
     def _drop_stale(self, queue: collections.deque[_Pending], now: float) -> None:
         """Pops the head jobs that were cancelled or whose deadline passed; they never run."""

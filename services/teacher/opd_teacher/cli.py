@@ -55,28 +55,48 @@ def _parser() -> argparse.ArgumentParser:
         help="padded tokens per engine batch",
     )
     serve.add_argument(
-        "--max-batch-sequences", type=int, default=_BATCH.max_batch_sequences,
+        "--max-batch-sequences",
+        type=int,
+        default=_BATCH.max_batch_sequences,
         help="sequences per engine batch",
     )
     serve.add_argument(
-        "--max-wait-ms", type=float, default=_BATCH.max_wait_ms,
+        "--max-wait-ms",
+        type=float,
+        default=_BATCH.max_wait_ms,
         help="how long a batch waits for more jobs",
     )
     serve.add_argument(
-        "--max-queue", type=int, default=_BATCH.max_queue,
+        "--max-queue",
+        type=int,
+        default=_BATCH.max_queue,
         help="queued jobs before RESOURCE_EXHAUSTED",
     )
     serve.add_argument(
-        "--max-stream-inflight", type=int, default=_DEFAULTS.max_stream_inflight,
+        "--max-padding-fraction",
+        type=float,
+        default=_BATCH.max_padding_fraction,
+        help="length bucketing: most padding a batch may hold, 0..1 (1 = pad freely)",
+    )
+    serve.add_argument(
+        "--max-stream-inflight",
+        type=int,
+        default=_DEFAULTS.max_stream_inflight,
         help="requests in flight per ScoreStream before back-pressure",
     )
-    serve.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (off if unset)")
     serve.add_argument(
-        "--auth-token-file", type=Path, default=None,
+        "--metrics-port", type=int, default=None, help="Prometheus port (off if unset)"
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
         help="file with a bearer token required on all calls but health/reflection",
     )
     serve.add_argument(
-        "--drain-timeout-s", type=float, default=_DEFAULTS.drain_timeout_s,
+        "--drain-timeout-s",
+        type=float,
+        default=_DEFAULTS.drain_timeout_s,
         help="on SIGTERM, how long in-flight work may take",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -125,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_batch_sequences=args.max_batch_sequences,
             max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue,
+            max_padding_fraction=args.max_padding_fraction,
         ),
     )
     engine_config = HFEngineConfig(model_dir=args.model, device=args.device, dtype=args.dtype)

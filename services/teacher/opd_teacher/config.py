@@ -37,12 +37,16 @@ class BatcherConfig:
     """How long a batch waits for more jobs after its first arrives, 0..1000 ms."""
     max_queue: int = 4096
     """Jobs waiting (not yet running) across all clients, >= 1; more get RESOURCE_EXHAUSTED."""
+    max_padding_fraction: float = 1.0
+    """Length bucketing: a job joins a batch only while padding stays at most this share of
+    the batch's tokens, 0..1 (1 = pad freely, 0 = equal lengths only)."""
 
     def __post_init__(self) -> None:
         _require(self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1")
         _require(self.max_batch_sequences >= 1, "max_batch_sequences", "must be >= 1")
         _require(0 <= self.max_wait_ms <= 1000, "max_wait_ms", "must be in 0..1000")
         _require(self.max_queue >= 1, "max_queue", "must be >= 1")
+        _require(0 <= self.max_padding_fraction <= 1, "max_padding_fraction", "must be in 0..1")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class HFEngineConfig:
     """'cpu' or 'cuda' (or 'cuda:N')."""
     dtype: str = "auto"
     """'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'."""
+
     def __post_init__(self) -> None:
         _require(Path(self.model_dir).is_dir(), "model_dir", f"{self.model_dir} is not a directory")
         _require(

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 from opd_client import SyncTeacherClient
-
 from opd_teacher.cli import main as cli_main
 from opd_teacher.tiny import ensure_tiny_teacher
 
@@ -36,15 +35,26 @@ def main(argv: list[str] | None = None) -> int:
     address = f"127.0.0.1:{port}"
     print(f"starting the teacher on {address} with {model_dir.name}", flush=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "opd_teacher.cli", "serve", "--model", str(model_dir),
-         "--port", str(port)]
+        [
+            sys.executable,
+            "-m",
+            "opd_teacher.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+        ]
     )
     try:
         with SyncTeacherClient(address, timeout_s=10) as teacher:
             teacher.wait_ready(timeout_s=120)
             info = teacher.get_info()
-        print(f"ready: {info.model} ({info.backend} {info.backend_version}), vocab "
-              f"{info.vocab_size}, max top-k {info.max_top_k}", flush=True)
+        print(
+            f"ready: {info.model} ({info.backend} {info.backend_version}), vocab "
+            f"{info.vocab_size}, max top-k {info.max_top_k}",
+            flush=True,
+        )
         code = cli_main(["score", "--teacher", address, "--text", args.text, "--top-k", "5"])
     finally:
         server.send_signal(signal.SIGTERM)

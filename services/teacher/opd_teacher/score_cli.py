@@ -10,10 +10,12 @@ import argparse
 import json
 import math
 import sys
+from typing import Any
 
 import grpc
-from opd_client import SyncTeacherClient
 from tokenizers import Tokenizer
+
+from opd_client import SyncTeacherClient
 
 
 def _piece(tokenizer: Tokenizer, token_id: int) -> str:
@@ -34,7 +36,7 @@ def run_score(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode())
     ids = out.token_ids_N.tolist() if out.token_ids_N is not None else list(args.ids)
     assert out.token_logprobs_P is not None and out.token_ranks_P is not None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in range(out.num_positions):
         next_id = ids[p + 1] if p + 1 < len(ids) else None
         rows.append(
@@ -42,9 +44,7 @@ def run_score(args: argparse.Namespace) -> int:
                 "position": p,
                 "token": _piece(tokenizer, ids[p]),
                 "next_token": None if next_id is None else _piece(tokenizer, next_id),
-                "next_logprob": None
-                if next_id is None
-                else float(out.token_logprobs_P[p]),
+                "next_logprob": None if next_id is None else float(out.token_logprobs_P[p]),
                 "next_rank": None if next_id is None else int(out.token_ranks_P[p]),
                 "top": [
                     {"token": _piece(tokenizer, int(i)), "id": int(i), "logprob": float(lp)}

@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
 from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from opd_protos import LIVENESS_SERVICE, SERVICE_NAME, grpc_message_options
 from opd_protos.names import server_keepalive_options
-from prometheus_client import start_http_server
-
 from opd_teacher.auth import BearerTokenInterceptor
 from opd_teacher.batcher import Batcher
 from opd_teacher.config import ServerConfig
@@ -132,8 +132,13 @@ async def run_server(engine: ScoringEngine, config: ServerConfig) -> int:
     """Serves until SIGTERM/SIGINT (exit 0) or until the engine dies (exit 1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        logger.info("received %s", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (logger.info("received %s", s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     async with TeacherServer(engine, config) as server:
         stop_wait = asyncio.create_task(stop.wait())
         failed_wait = asyncio.create_task(server.batcher.engine_failed.wait())

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+
 from opd.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from opd_protos import CLIENT_METADATA_KEY, CONTRACT_VERSION, TOKENIZER_CHUNK_BYTES, pack_array
-
 from opd_teacher.batcher import Batcher
 from opd_teacher.engine.base import ScoringEngine
 from opd_teacher.errors import OpdError, UnavailableError, ValidationError
@@ -164,7 +164,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         async def answer(request: teacher_pb2.ScoreRequest) -> None:
             try:
                 await answers.put(await self._score_one(request, context, client, "ScoreStream"))
-            except BaseException as error:  # noqa: BLE001 - forwarded to the stream
+            except BaseException as error:
                 await answers.put(error)
             finally:
                 slots.release()
@@ -176,7 +176,8 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                     if request.request_id in in_flight:
                         slots.release()
                         error = ValidationError(
-                            "request_id", f"{request.request_id!r} is already in flight on this stream"
+                            "request_id",
+                            f"{request.request_id!r} is already in flight on this stream",
                         )
                         await answers.put(error)
                         return
@@ -184,7 +185,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                     task = asyncio.create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-            except BaseException as error:  # noqa: BLE001 - the client broke the stream
+            except BaseException as error:
                 await answers.put(error)
                 return
             await answers.put(None)

@@ -12,6 +12,7 @@ peaked, not near-uniform. The result is cached under `OPD_CACHE_DIR` (default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -19,13 +20,36 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+SPECIAL_TOKENS = (
+    "<|pad|>",
+    "<|bos|>",
+    "<|eos|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+)
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_WORDS = "the a teacher student model token learns counts adds numbers and of to is".split()
+_WORDS = [
+    "the",
+    "a",
+    "teacher",
+    "student",
+    "model",
+    "token",
+    "learns",
+    "counts",
+    "adds",
+    "numbers",
+    "and",
+    "of",
+    "to",
+    "is",
+]
 
 
 def cache_dir() -> Path:
@@ -97,7 +121,7 @@ def build_tiny_teacher(out_dir: Path, train_steps: int = 300, seed: int = 0) -> 
     model = LlamaForCausalLM(config)
     ids = [tokenizer.bos_token_id]
     for line in corpus:
-        ids += tokenizer.encode(line, add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids += [*tokenizer.encode(line, add_special_tokens=False), tokenizer.eos_token_id]
     data = torch.tensor(ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = torch.Generator().manual_seed(seed)
@@ -130,10 +154,8 @@ def ensure_tiny_teacher(root: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         build_tiny_teacher(staging)
-        try:
+        with contextlib.suppress(OSError):  # another process finished first: keep its copy
             staging.rename(target)
-        except OSError:  # another process finished first: keep its copy
-            pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

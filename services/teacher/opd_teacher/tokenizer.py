@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from opd_protos import tokenizer_digest
 from tokenizers import Tokenizer
 
+from opd_protos import tokenizer_digest
 from opd_teacher.types import SpecialTokenInfo
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -74,7 +74,10 @@ class TeacherTokenizer:
             text = self._config.get(f"{role}_token")
             if isinstance(text, dict):  # AddedToken serialised with its flags
                 text = text.get("content")
-            if isinstance(text, str) and (token_id := self._tokenizer.token_to_id(text)) is not None:
+            if (
+                isinstance(text, str)
+                and (token_id := self._tokenizer.token_to_id(text)) is not None
+            ):
                 found[role] = SpecialTokenInfo(role, token_id, text)
         for role, texts in _ROLE_TEXTS.items():
             for text in texts:

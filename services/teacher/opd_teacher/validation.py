@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from opd.teacher.v1 import teacher_pb2
 
+from opd.teacher.v1 import teacher_pb2
 from opd_teacher.errors import UnimplementedError, ValidationError
 from opd_teacher.tokenizer import EncodedText, TeacherTokenizer
 from opd_teacher.types import EngineInfo, ScoreJob
@@ -69,7 +69,8 @@ def validate_request(
         i = int(out_of_range[0])
         raise ValidationError(
             "token_ids",
-            f"token_ids[{i}] = {int(token_ids_N[i])} is outside [0, vocab_size {limits.vocab_size})",
+            f"token_ids[{i}] = {int(token_ids_N[i])} is outside "
+            f"[0, vocab_size {limits.vocab_size})",
         )
     if not 1 <= request.top_k <= limits.max_top_k:
         raise ValidationError("top_k", f"{request.top_k} is not in 1..max_top_k {limits.max_top_k}")
@@ -116,7 +117,5 @@ def _extra_ids(
         )
     extra_NE = np.asarray(request.extra_ids, dtype=np.int32).reshape(num_tokens, per_position)
     if extra_NE.min() < 0 or extra_NE.max() >= limits.vocab_size:
-        raise ValidationError(
-            "extra_ids", f"ids must be in [0, vocab_size {limits.vocab_size})"
-        )
+        raise ValidationError("extra_ids", f"ids must be in [0, vocab_size {limits.vocab_size})")
     return extra_NE

@@ -73,7 +73,7 @@ class HFEngine(ScoringEngine):
         model = transformers.AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=_torch_dtype(self.config), trust_remote_code=False
         )
-        model.to(self.config.device).eval()
+        model.to(torch.device(self.config.device)).eval()  # type: ignore[arg-type]
         self._model = model
         model_config = json.loads((model_dir / "config.json").read_text())
         max_len = int(model_config.get("max_position_embeddings") or 2048)
