@@ -96,3 +96,8 @@ async def test_sync_client_scores_from_plain_code(fake_server) -> None:
             return out.num_positions, teacher.check_health()
 
     assert await asyncio.to_thread(use_sync) == (4, True)
+
+
+async def test_dns_target_balances_with_grpc_round_robin(fake_server) -> None:
+    async with TeacherClient(f"dns:///localhost:{fake_server.port}", timeout_s=10) as teacher:
+        assert (await teacher.score([1, 2, 3], top_k=2)).num_positions == 3
