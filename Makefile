@@ -39,8 +39,13 @@ test: install
 demo: install
 	$(PY) -m opd_teacher.demo
 
+# Each script prints a table and JSON; BENCH_OUT collects the JSON reports.
+BENCH_OUT := .cache/bench
 bench: install
-	$(PY) benchmarks/teacher.py
+	mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/teacher.py --json-out $(BENCH_OUT)/teacher.json
+	bash benchmarks/setup_bench_env.sh
+	$(PY) benchmarks/losses.py --json $(BENCH_OUT)/losses.json
 
 lint: install
 	$(VENV)/bin/ruff check .

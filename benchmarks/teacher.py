@@ -81,13 +81,23 @@ def workload(count: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 def _summary(
-    model: str, mode: str, clients: int, policy: str, seqs: list[list[int]],
-    latencies_s: list[float], wall_s: float,
+    model: str,
+    mode: str,
+    clients: int,
+    policy: str,
+    seqs: list[list[int]],
+    latencies_s: list[float],
+    wall_s: float,
 ) -> Run:
     positions = sum(len(s) for s in seqs)
     return Run(
-        model=model, mode=mode, clients=clients, policy=policy, requests=len(seqs),
-        positions=positions, wall_s=round(wall_s, 3),
+        model=model,
+        mode=mode,
+        clients=clients,
+        policy=policy,
+        requests=len(seqs),
+        positions=positions,
+        wall_s=round(wall_s, 3),
         positions_per_s=round(positions / wall_s, 1),
         p50_ms=round(1000 * float(np.percentile(latencies_s, 50)), 1),
         p99_ms=round(1000 * float(np.percentile(latencies_s, 99)), 1),
@@ -144,16 +154,32 @@ async def _wire_bytes(address: str, ids: list[int]) -> float:
 
 
 def run_service(
-    model_dir: Path, name: str, seqs: list[list[int]], clients: int, policy: str,
+    model_dir: Path,
+    name: str,
+    seqs: list[list[int]],
+    clients: int,
+    policy: str,
     flags: list[str],
 ) -> tuple[Run, float]:
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "opd_teacher.cli", "serve", "--model", str(model_dir),
-         "--port", str(port), "--log-level", "warning", *flags],
+        [
+            sys.executable,
+            "-m",
+            "opd_teacher.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *flags,
+        ],
     )
     address = f"127.0.0.1:{port}"
     try:
+
         async def session() -> tuple[list[float], float, float]:
             async with TeacherClient(address, timeout_s=120) as client:
                 await client.wait_ready(timeout_s=300)
@@ -223,12 +249,17 @@ def main() -> int:
         }
     report["target"] = "service_over_bare_at_64_clients <= 1.10 on llama-58m (CPU)"
     report["runs"] = [asdict(r) for r in runs]
-    header = f"{'model':<10} {'mode':<11} {'clients':>7} {'policy':<20} {'pos/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}"
+    header = (
+        f"{'model':<10} {'mode':<11} {'clients':>7} {'policy':<20} {'pos/s':>9} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in runs:
-        print(f"{r.model:<10} {r.mode:<11} {r.clients:>7} {r.policy:<20} {r.positions_per_s:>9.1f} "
-              f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.wall_s:>7.2f}")
+        print(
+            f"{r.model:<10} {r.mode:<11} {r.clients:>7} {r.policy:<20} {r.positions_per_s:>9.1f} "
+            f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.wall_s:>7.2f}"
+        )
     for name in ("tiny", "llama-58m"):
         print(f"{name}: {json.dumps(report[name])}")
     text = json.dumps(report, indent=2)
