@@ -199,6 +199,7 @@ POLICIES = {
     "no batching": ["--max-batch-sequences", "1"],
     "bucket 25% 4096 tok": ["--max-batch-tokens", "4096", "--max-padding-fraction", "0.25"],
     "pad 16384 tok": ["--max-batch-tokens", "16384"],
+    "pad 512 tok": ["--max-batch-tokens", "512"],
 }
 DEFAULT_POLICY = "pad 4096 tok"
 
@@ -229,12 +230,11 @@ def main() -> int:
             runs.append(run)
             service_runs[clients] = run
         policy_runs = {DEFAULT_POLICY: service_runs[64]}
-        if name == "llama-58m":
-            for policy, flags in POLICIES.items():
-                if policy != DEFAULT_POLICY:
-                    run, _ = run_service(model_dir, name, seqs, 64, policy, flags)
-                    runs.append(run)
-                    policy_runs[policy] = run
+        for policy, flags in POLICIES.items():
+            if policy != DEFAULT_POLICY:
+                run, _ = run_service(model_dir, name, seqs, 64, policy, flags)
+                runs.append(run)
+                policy_runs[policy] = run
         at_64 = service_runs[64]
         report[name] = {
             "service_over_bare_at_64_clients": round(at_64.wall_s / bare.wall_s, 3),
