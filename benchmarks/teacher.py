@@ -21,7 +21,6 @@ import asyncio
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import transformers
 
 from opd_client import TeacherClient
 from opd_client.types import build_request
+from opd_teacher.demo import free_port
 from opd_teacher.tiny import cache_dir, ensure_tiny_teacher
 
 TOP_K = 32
@@ -121,12 +121,6 @@ def run_bare(model_dir: Path, name: str, seqs: list[list[int]]) -> Run:
     return _summary(name, "in-process", 1, "one at a time", seqs, latencies, wall)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _drive(address: str, seqs: list[list[int]], clients: int) -> tuple[list[float], float]:
     queue: asyncio.Queue[list[int]] = asyncio.Queue()
     for ids in seqs:
@@ -161,7 +155,7 @@ def run_service(
     policy: str,
     flags: list[str],
 ) -> tuple[Run, float]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
