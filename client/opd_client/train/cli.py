@@ -1,19 +1,127 @@
 """`opd-train`: the trainer's command line; each subcommand is a thin launcher over the
-library.
+library (`opd_client.train.loop.train`, `checkpoint.export_checkpoint`, `config`).
 
+    opd-train run run.yaml --set optim.lr=3e-4 --set teachers.0.address=127.0.0.1:50051
+    opd-train export runs/demo/checkpoints/step-00000100 exported-student/
+    opd-train config run.yaml --show
     opd-train align --student STUDENT_TOKENIZER --teacher TEACHER_TOKENIZER --text "Hi 😀"
-    opd-train align --student s.gguf --teacher teacher-dir/ --file essay.txt --json
 
-Subcommands mount their own arguments (`add_*_subparser`) and set `func`, so this file
-only dispatches.
+Exit codes: 0 done; 2 bad input (one line on stderr, nothing in the run directory
+touched); 3 the teacher stayed unavailable past teacher_unavailable_timeout_s (a
+checkpoint was written first; rerun the same command to resume).
+Subcommands mount their own arguments and set `func`, so `main` only dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 from opd_client.align.cli import add_align_subparser
+
+EXIT_BAD_INPUT = 2
+EXIT_TEACHER_GONE = 3
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"opd-train: error: {message}", file=sys.stderr)
+    return code
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from opd_client.train.config import ConfigError, load_config
+    from opd_client.train.pipeline import TeacherUnavailableError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        config = load_config(args.config, args.set or [])
+        from opd_client.train.loop import train
+
+        result = train(config, allow_teacher_change=args.allow_teacher_change)
+    except ConfigError as err:
+        return _fail(str(err))
+    except TeacherUnavailableError as err:
+        return _fail(f"{err}; checkpoint written, rerun the same command to resume", 3)
+    last = result.last_checkpoint
+    print(
+        f"opd-train: {result.steps_done} steps from step {result.start_step}; "
+        f"last checkpoint {last.name if last else 'none'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from opd_client.train.checkpoint import export_checkpoint
+
+    try:
+        out = export_checkpoint(Path(args.checkpoint), Path(args.out))
+    except (FileNotFoundError, FileExistsError, OSError) as err:
+        return _fail(str(err))
+    print(out)
+    return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from opd_client.train.config import (
+        ConfigError,
+        TeacherConfig,
+        TrainConfig,
+        describe,
+        load_config,
+    )
+
+    try:
+        if args.config is None and not args.set:
+            config: Any = TrainConfig(
+                student="STUDENT_DIR",
+                prompts="PROMPTS.jsonl",
+                run_dir="RUN_DIR",
+                teachers=(TeacherConfig(address=("127.0.0.1:50051",)),),
+            )
+        else:
+            config = load_config(args.config, args.set or [])
+    except ConfigError as err:
+        return _fail(str(err))
+    print(describe(config))
+    return 0
+
+
+def add_train_subparsers(commands: Any) -> None:
+    run = commands.add_parser("run", help="train a student by on-policy distillation")
+    run.add_argument("config", type=Path, help="YAML config file")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a field (dotted key)"
+    )
+    run.add_argument(
+        "--allow-teacher-change",
+        action="store_true",
+        help="resume even if the teacher's fingerprint differs from the checkpoint's",
+    )
+    run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    run.set_defaults(func=run_command)
+
+    export = commands.add_parser("export", help="save a checkpoint's student for transformers")
+    export.add_argument("checkpoint", help="a step-* directory, a checkpoints dir or a run dir")
+    export.add_argument("out", help="output directory (must not exist or be empty)")
+    export.set_defaults(func=export_command)
+
+    show = commands.add_parser("config", help="print the resolved config, every field documented")
+    show.add_argument("config", type=Path, nargs="?", default=None, help="YAML config file")
+    show.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    show.add_argument("--show", action="store_true", help="print it (the default)")
+    show.set_defaults(func=config_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "teacher service.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_train_subparsers(commands)
     add_align_subparser(commands)
     return parser
 
