@@ -39,7 +39,8 @@ def _quiet_libraries() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from opd_client.train.config import ConfigError, load_config
+    from opd_client.train.config import ConfigError
+    from opd_client.train.config_load import load_config
     from opd_client.train.pipeline import TeacherUnavailableError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -74,13 +75,8 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from opd_client.train.config import (
-        ConfigError,
-        TeacherConfig,
-        TrainConfig,
-        describe,
-        load_config,
-    )
+    from opd_client.train.config import ConfigError, TeacherConfig, TrainConfig
+    from opd_client.train.config_load import describe, load_config
 
     try:
         if args.config is None and not args.set:

@@ -1,0 +1,148 @@
+"""The trainer end to end in-process against a real teacher: the loss decreases, metrics
+are written, export loads in transformers, a teacher that stays away ends the run with a
+checkpoint that resumes exactly, and a cross-tokenizer run masks unaligned positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from conftest import MakeConfig
+from safetensors.torch import load_file
+
+from opd_client.train import pipeline
+from opd_client.train.cli import main
+from opd_client.train.config_load import load_config
+from opd_client.train.loop import train
+from opd_client.train.metrics import read_metrics
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_short_run_decreases_loss_and_exports(make_config: MakeConfig, tmp_path: Path) -> None:
+    config = load_config(make_config(max_steps=8, optim__lr=1e-2, checkpoint__interval=8))
+    result = train(config)
+    assert result.steps_done == 8 and result.last_checkpoint is not None
+    rows = read_metrics(Path(config.run_dir))
+    assert [r["step"] for r in rows] == list(range(8))
+    losses = [r["loss"] for r in rows]
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    for key in ("rkl_support", "student_mass", "teacher_mass", "overlap_ratio", "grad_norm"):
+        assert all(r[key] is not None and r[key] >= 0 for r in rows), key
+    assert rows[0]["aligned_fraction"] == 1.0 and rows[0]["teacher_latency_s"] > 0
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "exported"
+    assert main(["export", str(config.run_dir), str(out)]) == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).chat_template
+    saved = _weights(result.last_checkpoint / "model")
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0)
+    assert main(["export", str(config.run_dir), str(out)]) == 2  # never overwrites
+
+
+class _Gone(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection refused"
+
+
+def test_teacher_gone_checkpoints_and_resumes_exactly(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = load_config(make_config(run_dir=tmp_path / "ref", max_steps=4))
+    train(reference)
+    expected = [r["loss"] for r in read_metrics(tmp_path / "ref")]
+
+    config = load_config(
+        make_config(run_dir=tmp_path / "gone", max_steps=4, teacher_unavailable_timeout_s=0.5)
+    )
+    real = pipeline.TeacherSession.score_all
+    calls = {"n": 0}
+
+    def flaky(self, requests):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] >= 4:  # steps 0..2 succeed, step 3 never does
+            raise _Gone()
+        return real(self, requests)
+
+    monkeypatch.setattr(pipeline.TeacherSession, "score_all", flaky)
+    with pytest.raises(pipeline.TeacherUnavailableError, match="unavailable"):
+        train(config)
+    assert (tmp_path / "gone/checkpoints/step-00000003/state.json").is_file()
+    monkeypatch.setattr(pipeline.TeacherSession, "score_all", real)
+    result = train(config)
+    assert result.start_step == 3 and result.steps_done == 1
+    got = [r["loss"] for r in read_metrics(tmp_path / "gone")]
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_score_with_wait_backs_off_then_carries_on() -> None:
+    clock = {"t": 0.0}
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock["t"] += s
+
+    attempts = iter([_Gone(), _Gone(), "ok"])
+
+    def score() -> str:
+        item = next(attempts)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    result, waited = pipeline.score_with_wait(score, 100.0, sleep, lambda: clock["t"])
+    assert result == "ok" and slept == [1.0, 2.0] and waited == 3.0
+    with pytest.raises(pipeline.TeacherUnavailableError):
+        pipeline.score_with_wait(
+            lambda: (_ for _ in ()).throw(_Gone()), 5.0, sleep, lambda: clock["t"]
+        )
+    with pytest.raises(ValueError):  # not a teacher outage: raised at once
+        pipeline.score_with_wait(lambda: (_ for _ in ()).throw(ValueError("bug")), 5.0, sleep)
+
+
+def test_cross_tokenizer_run_masks_unaligned(
+    make_config: MakeConfig, cross_tok_student: Path, tmp_path: Path
+) -> None:
+    from opd_client.align import MaskReason
+
+    config = load_config(make_config(student=str(cross_tok_student), max_steps=2))
+    captured: list[pipeline.ScoredBatch] = []
+    real = pipeline.assemble
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        captured.append(out)
+        return out
+
+    import opd_client.train.loop as loop
+
+    loop.assemble = spy  # type: ignore[assignment]
+    try:
+        train(config)
+    finally:
+        loop.assemble = real  # type: ignore[assignment]
+    rows = read_metrics(Path(config.run_dir))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    unaligned = 0
+    for scored in captured:
+        for b, plan in enumerate(scored.plans):
+            n = len(plan.row_T)
+            mask = scored.support.mask_BT[b, :n].numpy()
+            assert not mask[plan.row_T < 0].any()
+            assert not mask[plan.reason_T != MaskReason.KEPT].any()
+            assert not scored.support.mask_BT[b, n:].any()
+            unaligned += int((plan.row_T < 0).sum())
+    assert unaligned > 0
+    assert rows[0]["aligned_fraction"] < 1.0 and rows[0]["masked_by_reason"]
