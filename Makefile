@@ -15,7 +15,7 @@ STAMP := $(VENV)/.opd-installed
 PYPROJECTS := protos/pyproject.toml client/pyproject.toml services/teacher/pyproject.toml \
 	services/gateway/pyproject.toml requirements/dev.txt
 
-.PHONY: install protos test demo bench lint format clean
+.PHONY: install protos browser test demo bench lint format clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -33,7 +33,11 @@ $(GENERATED): $(PROTO) protos/codegen.py $(STAMP)
 
 protos: $(GENERATED)
 
-test: install
+# Debian's Chromium and Playwright for the browser test (never a Playwright download).
+browser: install
+	VENV=$(VENV) bash scripts/install-browser.sh
+
+test: install browser
 	$(PY) -m pytest
 
 demo: install
@@ -46,6 +50,7 @@ bench: install
 	$(PY) benchmarks/teacher.py --json-out $(BENCH_OUT)/teacher.json
 	bash benchmarks/setup_bench_env.sh
 	$(PY) benchmarks/losses.py --json $(BENCH_OUT)/losses.json
+	$(PY) benchmarks/gateway.py --json-out $(BENCH_OUT)/gateway.json
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -51,6 +51,11 @@ def client_keepalive_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # gRPC's reconnect back-off grows to 120 s by default: a client started before its
+        # teacher (a gateway, a trainer) would then wait minutes after the teacher is up.
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
 
 

@@ -1,0 +1,111 @@
+"""Starting and stopping real teacher and gateway processes for the gateway's tests.
+
+Both tests/gateway/ (API, CLI) and tests/e2e/test_gateway_browser.py run the teacher as
+`opd-teacher serve` on the tiny model and, where a real HTTP server is needed, the
+gateway as `opd-gateway` (uvicorn), each on a free loopback port; the helpers live here
+so the two folders start them the same way.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_teacher(
+    model_dir: Path, port: int, *extra: str, timeout_s: float = 120
+) -> subprocess.Popen[str]:
+    """`opd-teacher serve` on `model_dir`, returned once its readiness is SERVING."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opd_teacher.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-wait-ms",
+            "1",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"teacher exited early: {process.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return process
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    stop(process)
+    raise TimeoutError(f"teacher on port {port} not SERVING after {timeout_s} s")
+
+
+def start_gateway(port: int, *args: str, timeout_s: float = 60) -> subprocess.Popen[str]:
+    """`opd-gateway --port PORT ARGS...`, returned once /healthz answers."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "opd_gateway.cli",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited early: {process.stderr.read()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop(process)
+    raise TimeoutError(f"gateway on port {port} not answering after {timeout_s} s")
+
+
+def stop(process: subprocess.Popen[str], timeout_s: float = 15) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
