@@ -51,6 +51,7 @@ bench: install
 	bash benchmarks/setup_bench_env.sh
 	$(PY) benchmarks/losses.py --json $(BENCH_OUT)/losses.json
 	$(PY) benchmarks/gateway.py --json-out $(BENCH_OUT)/gateway.json
+	$(PY) benchmarks/estimator_variance.py
 
 lint: install
 	$(VENV)/bin/ruff check .
