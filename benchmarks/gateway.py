@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import print_json, print_table
-from gateway_processes import free_port, start_gateway, start_teacher, stop
+from processes import free_port, start_gateway, start_teacher, stop
 
 from opd_client import TeacherClient
 from opd_gateway.encoding import dumps

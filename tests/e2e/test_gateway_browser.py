@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_processes import free_port, start_gateway, start_teacher, stop
 from playwright.sync_api import Browser, Page, sync_playwright
+from processes import free_port, start_gateway, start_teacher, stop
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port, start_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -27,50 +25,12 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wait_serving(address: str, process: subprocess.Popen[str], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"server exited early: {process.stderr.read()}"  # type: ignore[union-attr]
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} not SERVING after {timeout_s} s")
-
-
 @pytest.fixture(scope="module")
 def served_tiny(tiny_teacher_dir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opd_teacher.cli",
-            "serve",
-            "--model",
-            str(tiny_teacher_dir),
-            "--port",
-            str(port),
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    address = f"127.0.0.1:{port}"
+    port = free_port()
+    process = start_teacher(tiny_teacher_dir, port, "--log-level", "info", "--log-format", "json")
     try:
-        _wait_serving(address, process)
-        yield address, process
+        yield f"127.0.0.1:{port}", process
     finally:
         if process.poll() is None:
             process.kill()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from gateway_processes import free_port, start_teacher, stop
+from processes import free_port, start_teacher, stop
 
 from opd_client import SyncTeacherClient
 from opd_gateway.app import create_app

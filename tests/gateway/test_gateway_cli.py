@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 import httpx
-from gateway_processes import free_port, start_gateway, stop
+from processes import free_port, start_gateway, stop
 
 NO_TORCH_SCRIPT = textwrap.dedent(
     """

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fakes import FakeEngine, write_word_tokenizer
-from gateway_processes import free_port
+from processes import free_port
 
 from opd_gateway.app import create_app
 from opd_gateway.settings import GatewaySettings

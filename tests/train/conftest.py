@@ -11,71 +11,32 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from processes import free_port, start_teacher, stop
 
 from opd_teacher.tiny import CHAT_TEMPLATE, synthetic_corpus
 
 
-def _wait_serving(address: str, process: subprocess.Popen[str], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"teacher exited early: {process.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"{address} not SERVING after {timeout_s} s")
-
-
 @pytest.fixture(scope="session")
 def teacher_address(tiny_teacher_dir: Path) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opd_teacher.cli",
-            "serve",
-            "--model",
-            str(tiny_teacher_dir),
-            "--port",
-            str(port),
-            "--max-batch-sequences",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    port = free_port()
+    process = start_teacher(
+        tiny_teacher_dir,
+        port,
+        "--max-batch-sequences",
+        "1",
+        timeout_s=180,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    address = f"127.0.0.1:{port}"
     try:
-        _wait_serving(address, process)
-        yield address
+        yield f"127.0.0.1:{port}"
     finally:
-        process.kill()
-        process.wait()
+        stop(process)
 
 
 def _save_llama(path: Path, tokenizer: Any, hidden: int, layers: int, seed: int) -> Path:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MakeConfig
 
 from opd_client.train.cli import main
+
+MakeConfig = Callable[..., Path]  # the `make_config` fixture of tests/train/conftest.py
 
 
 def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:

@@ -4,12 +4,12 @@ checkpoint that resumes exactly, and a cross-tokenizer run masks unaligned posit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
-from conftest import MakeConfig
 from safetensors.torch import load_file
 
 from opd_client.train import pipeline
@@ -17,6 +17,8 @@ from opd_client.train.cli import main
 from opd_client.train.config_load import load_config
 from opd_client.train.loop import train
 from opd_client.train.metrics import read_metrics
+
+MakeConfig = Callable[..., Path]  # the `make_config` fixture of tests/train/conftest.py
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:

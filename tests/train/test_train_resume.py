@@ -9,15 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import MakeConfig
 from safetensors.torch import load_file
 
 from opd_client.train.checkpoint import SAVE_SLEEP_ENV
 from opd_client.train.metrics import read_metrics
+
+MakeConfig = Callable[..., Path]  # the `make_config` fixture of tests/train/conftest.py
 
 pytestmark = pytest.mark.slow
 

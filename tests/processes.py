@@ -1,9 +1,9 @@
-"""Starting and stopping real teacher and gateway processes for the gateway's tests.
+"""Starting and stopping real teacher and gateway processes for every test layer.
 
-Both tests/gateway/ (API, CLI) and tests/e2e/test_gateway_browser.py run the teacher as
+The gateway, trainer and end-to-end tests (and benchmarks/gateway.py) run the teacher as
 `opd-teacher serve` on the tiny model and, where a real HTTP server is needed, the
 gateway as `opd-gateway` (uvicorn), each on a free loopback port; the helpers live here
-so the two folders start them the same way.
+so that every folder starts and waits for them the same way.
 """
 
 from __future__ import annotations
@@ -26,9 +26,15 @@ def free_port() -> int:
 
 
 def start_teacher(
-    model_dir: Path, port: int, *extra: str, timeout_s: float = 120
+    model_dir: Path,
+    port: int,
+    *extra: str,
+    timeout_s: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    """`opd-teacher serve` on `model_dir`, returned once its readiness is SERVING."""
+    """`opd-teacher serve` on `model_dir`, returned once its readiness is SERVING.
+
+    `extra` flags come last, so they override the defaults given here."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -50,6 +56,7 @@ def start_teacher(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
