@@ -28,20 +28,17 @@ What it does not know: the trainer and the teacher service.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from opd_client.cache import build_once, cache_dir
 from opd_client.train import task
 
 StudentKind = Literal["cross", "same"]
@@ -118,10 +115,6 @@ STUDENT_MODEL = ModelRecipe(num_layers=2, hidden=128, intermediate=256, train_st
 _HEAD_DIM = 32  # vLLM's CPU attention needs head_dim >= 32
 _POOL = 20000  # distinct training problems tokenised once per build
 _EVAL = 300  # held-out problems scored at the end of a build
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("OPD_CACHE_DIR", Path.cwd() / ".cache" / "opd"))
 
 
 def tokenizer_corpus(recipe: TokenizerRecipe, lines: int = 3000) -> list[str]:
@@ -384,18 +377,7 @@ def source_key() -> str:
 
 
 def _ensure(name: str, build: Any, root: Path | None) -> Path:
-    target = (root or cache_dir()) / f"{name}-{source_key()}"
-    if (target / INFO_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        build(staging)
-        with contextlib.suppress(OSError):  # another process finished first: keep its copy
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once((root or cache_dir()) / f"{name}-{source_key()}", build, INFO_FILE)
 
 
 def ensure_demo_teacher(root: Path | None = None) -> Path:

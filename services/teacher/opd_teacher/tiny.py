@@ -12,13 +12,11 @@ peaked, not near-uniform. The result is cached under `OPD_CACHE_DIR` (default
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
+
+from opd_client.cache import build_once, cache_dir
 
 SPECIAL_TOKENS = (
     "<|pad|>",
@@ -50,10 +48,6 @@ _WORDS = [
     "to",
     "is",
 ]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("OPD_CACHE_DIR", Path.cwd() / ".cache" / "opd"))
 
 
 def synthetic_corpus(num_lines: int, seed: int = 0) -> list[str]:
@@ -148,17 +142,7 @@ def _source_key() -> str:
 def ensure_tiny_teacher(root: Path | None = None) -> Path:
     """The cached tiny teacher directory, built first if this code has not built it yet."""
     target = (root or cache_dir()) / f"tiny-teacher-{_source_key()}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        build_tiny_teacher(staging)
-        with contextlib.suppress(OSError):  # another process finished first: keep its copy
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, build_tiny_teacher, "config.json")
 
 
 if __name__ == "__main__":
