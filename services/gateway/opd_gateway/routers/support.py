@@ -132,10 +132,8 @@ async def support(
     """Per token: its string, id and character span, the teacher's log-prob, surprise
     (-log q), rank and top-K entropy, and the top-K alternatives; token 0 (and tokens up
     to `score_from`) have no prediction and say so (`predicted: false`)."""
-    if body.text is not None:
-        _check_limits(meta, state.settings.max_text_chars, body.top_k, [("text", body.text)])
-    else:
-        _check_limits(meta, state.settings.max_text_chars, body.top_k, [])
+    texts = [("text", body.text)] if body.text is not None else []
+    _check_limits(meta, state.settings.max_text_chars, body.top_k, texts)
     result = await score_one(
         state,
         client,
