@@ -4,6 +4,8 @@ library (`opd_client.train.loop.train`, `checkpoint.export_checkpoint`, `config`
     opd-train run run.yaml --set optim.lr=3e-4 --set teachers.0.address=127.0.0.1:50051
     opd-train export runs/demo/checkpoints/step-00000100 exported-student/
     opd-train config run.yaml --show
+    opd-train eval run.yaml --checkpoint runs/demo        # held-out accuracy of the latest
+    opd-train plot runs/lsm runs/baseline --out curves.png
     opd-train align --student STUDENT_TOKENIZER --teacher TEACHER_TOKENIZER --text "Hi 😀"
 
 Exit codes: 0 done; 2 bad input (one line on stderr, nothing in the run directory
@@ -15,6 +17,7 @@ Subcommands mount their own arguments and set `func`, so `main` only dispatches.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -94,6 +97,36 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    from opd_client.train.config import ConfigError
+    from opd_client.train.config_load import load_config
+    from opd_client.train.evaluate import evaluate_checkpoint
+
+    _quiet_libraries()
+    try:
+        config = load_config(args.config, args.set or [])
+        res = evaluate_checkpoint(config, args.checkpoint)
+    except ConfigError as err:
+        return _fail(str(err))
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    for answer, response, ok in res.samples:
+        print(f"{'ok ' if ok else 'bad'} answer={answer!r} response={response!r}", file=sys.stderr)
+    print(json.dumps(res.to_record(-1) | {"checkpoint": str(args.checkpoint or config.student)}))
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from opd_client.train.plots import plot_runs
+
+    try:
+        out = plot_runs(args.run_dirs, args.out, args.label)
+    except ValueError as err:
+        return _fail(str(err))
+    print(out)
+    return 0
+
+
 def add_train_subparsers(commands: Any) -> None:
     run = commands.add_parser("run", help="train a student by on-policy distillation")
     run.add_argument("config", type=Path, help="YAML config file")
@@ -112,6 +145,25 @@ def add_train_subparsers(commands: Any) -> None:
     export.add_argument("checkpoint", help="a step-* directory, a checkpoints dir or a run dir")
     export.add_argument("out", help="output directory (must not exist or be empty)")
     export.set_defaults(func=export_command)
+
+    ev = commands.add_parser("eval", help="held-out accuracy of a checkpoint (eval.* fields)")
+    ev.add_argument("config", type=Path, help="YAML config file (its eval section is used)")
+    ev.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="a step-* directory, a checkpoints dir or a run dir; default: the config's student",
+    )
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field")
+    ev.set_defaults(func=eval_command)
+
+    plot = commands.add_parser("plot", help="draw the curves of one or more runs into a PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", help="run directories to overlay")
+    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    plot.add_argument(
+        "--label", action="append", help="legend name per run, in order (default: dir names)"
+    )
+    plot.set_defaults(func=plot_command)
 
     show = commands.add_parser("config", help="print the resolved config, every field documented")
     show.add_argument("config", type=Path, nargs="?", default=None, help="YAML config file")

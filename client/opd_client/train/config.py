@@ -219,6 +219,41 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Held-out accuracy: the student's own responses, checked by a verifier."""
+
+    prompts: str | None = _f(
+        None, "JSONL in the prompts format, every line with an 'answer'; null: no evaluation"
+    )
+    interval: int = _f(0, "evaluate every this many steps (and before step 0 and at the end), >= 0")
+    max_new_tokens: int = _f(256, "response length cap in student tokens, >= 1")
+    batch_size: int = _f(64, "sequences per generate call, >= 1")
+    decoding: Literal["greedy", "top_p"] = _f(
+        "greedy", "greedy (deterministic, the default) | top_p (rollout.top_p, a fixed seed)"
+    )
+    verifier: str = _f(
+        "opd_client.train.task:exact_match",
+        "module:function taking (prompt, response, answer) and returning a bool",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.interval >= 0, "eval.interval", f"must be >= 0, got {self.interval}")
+        for name in ("max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            require(value >= 1, f"eval.{name}", f"must be >= 1, got {value}")
+        require(
+            self.decoding in ("greedy", "top_p"),
+            "eval.decoding",
+            f"must be greedy or top_p, got {self.decoding!r}",
+        )
+        require(
+            self.verifier.count(":") == 1 and all(self.verifier.split(":")),
+            "eval.verifier",
+            f"must be module:function, got {self.verifier!r}",
+        )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One OPD run."""
 
@@ -242,6 +277,9 @@ class TrainConfig:
     )
     checkpoint: CheckpointConfig = field(
         default_factory=CheckpointConfig, metadata={"doc": "checkpoints"}
+    )
+    eval: EvalConfig = field(
+        default_factory=EvalConfig, metadata={"doc": "held-out accuracy during the run"}
     )
     device: str = _f("cpu", "cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16"] = _f("fp32", "fp32 | bf16 (autocast; weights stay fp32)")
@@ -304,9 +342,17 @@ class TrainConfig:
 
 
 # Paths in a YAML file are relative to that file; paths given with --set to the cwd.
-PATH_FIELDS = ("student", "prompts", "run_dir", "checkpoint.dir", "teachers.*.auth_token_file")
+PATH_FIELDS = (
+    "student",
+    "prompts",
+    "run_dir",
+    "checkpoint.dir",
+    "eval.prompts",
+    "teachers.*.auth_token_file",
+)
 # Fields a resumed run may change without invalidating its checkpoints.
 RESUMABLE_FIELDS = (
+    "eval",  # evaluation reads the model and draws from its own generator
     "max_steps",
     "progress",
     "torch_threads",

@@ -39,7 +39,19 @@ from opd_client.align.errors import AlignError
 from opd_client.train import checkpoint as ckpt
 from opd_client.train.config import ConfigError, TrainConfig
 from opd_client.train.config_load import config_differences, config_to_dict
-from opd_client.train.metrics import MetricsWriter, progress_bar, truncate_metrics
+from opd_client.train.evaluate import (
+    EVAL_FILE,
+    EvalSet,
+    evaluate,
+    load_eval_set,
+    stop_ids_for,
+)
+from opd_client.train.metrics import (
+    MetricsWriter,
+    progress_bar,
+    read_metrics,
+    truncate_metrics,
+)
 from opd_client.train.pipeline import (
     TeacherSession,
     TeacherUnavailableError,
@@ -59,6 +71,7 @@ class RunResult:
     start_step: int
     steps_done: int
     losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Path | None = None
     teacher_fingerprint: str = ""
 
@@ -138,13 +151,6 @@ def _check_resume(
         )
 
 
-def _stop_ids(bridge: TokenizerBridge, hf_tokenizer: Any) -> list[int]:
-    ids = {bridge.student_roles[r] for r in ("eos", "end_of_turn") if r in bridge.student_roles}
-    if hf_tokenizer.eos_token_id is not None:
-        ids.add(int(hf_tokenizer.eos_token_id))
-    return sorted(int(i) for i in ids)
-
-
 def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
     """Runs (or resumes) the run in `config.run_dir` up to `config.max_steps`."""
     if config.torch_threads:
@@ -176,9 +182,10 @@ def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
         bridge = TokenizerBridge(student_side, teacher_side, align, teacher_roles=roles)
         _check_teacher(config, info, bridge)
         prompt_ids = _render_prompts(config, records, bridge, model, info)
+        eval_set = load_eval_set(config, bridge.student.render_prompt)
         if saved is not None:
             _check_resume(config, saved, info.fingerprint, allow_teacher_change)
-        return _run(config, model, bridge, session, info, records, prompt_ids, saved)
+        return _run(config, model, bridge, session, info, records, prompt_ids, saved, eval_set)
 
 
 def _render_prompts(
@@ -214,6 +221,7 @@ def _run(
     records: list[Any],
     prompt_ids: list[list[int]],
     saved: ckpt.Checkpoint | None,
+    eval_set: EvalSet | None = None,
 ) -> RunResult:
     """Everything after validation: from here on the run directory is written."""
     run_dir, ckpt_dir = Path(config.run_dir), config.checkpoint_dir
@@ -235,9 +243,10 @@ def _run(
         start, position = saved.step, int(saved.state["data_position"])
         logger.info("resuming from %s (step %d)", saved.path, start)
     truncate_metrics(run_dir, start)
+    truncate_metrics(run_dir, start + 1, EVAL_FILE)  # the eval at `start` is still valid
     hf_tok = bridge.student.hf
     pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    stop_ids = _stop_ids(bridge, hf_tok)
+    stop_ids = stop_ids_for(bridge.student_roles, hf_tok)
     result = RunResult(run_dir, start, 0, teacher_fingerprint=info.fingerprint)
     result.last_checkpoint = saved.path if saved else None
     cast = (
@@ -272,8 +281,35 @@ def _run(
             keep_last=config.checkpoint.keep_last,
         )
 
+    def run_eval(step: int, evals: MetricsWriter) -> None:
+        if eval_set is None:
+            return
+        res = evaluate(
+            model,
+            hf_tok,
+            [r.prompt for r in eval_set.records],
+            [str(r.answer) for r in eval_set.records],
+            eval_set.prompt_ids,
+            stop_ids,
+            pad_id,
+            config.eval,
+            config.rollout.top_p,
+            eval_set.verifier,
+        )
+        record = res.to_record(step)
+        evals.write(record)
+        result.evals.append(record)
+        logger.info("eval at step %d: accuracy %.3f (n=%d)", step, res.accuracy, res.n)
+
     bar = progress_bar(config.max_steps, start, config.progress)
-    with MetricsWriter(run_dir) as metrics, contextlib.closing(bar):
+    with (
+        MetricsWriter(run_dir) as metrics,
+        MetricsWriter(run_dir, EVAL_FILE) as evals,
+        contextlib.closing(bar),
+    ):
+        done_evals = {int(r["step"]) for r in read_metrics(run_dir, EVAL_FILE)}
+        if start not in done_evals and start < config.max_steps:
+            run_eval(start, evals)
         for step in range(start, config.max_steps):
             rng_at_start = ckpt.capture_rng()
             order = prompt_order(len(records), config.seed, position, config.prompts_per_step)
@@ -350,4 +386,7 @@ def _run(
             done = step + 1
             if done % config.checkpoint.interval == 0 or done == config.max_steps:
                 save(done, ckpt.capture_rng(), position)
+            every = config.eval.interval
+            if (every and done % every == 0) or done == config.max_steps:
+                run_eval(done, evals)
     return result

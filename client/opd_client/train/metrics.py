@@ -31,10 +31,11 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """`with MetricsWriter(run_dir) as m: m.write({...})` appends one line, flushed."""
+    """`with MetricsWriter(run_dir) as m: m.write({...})` appends one line, flushed.
+    `name` picks the file (`eval.jsonl` holds the evaluations)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
+    def __init__(self, run_dir: Path, name: str = METRICS_FILE) -> None:
+        self.path = Path(run_dir) / name
         self._handle: TextIO | None = None
 
     def __enter__(self) -> MetricsWriter:
@@ -53,9 +54,9 @@ class MetricsWriter:
         self._handle.flush()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Complete lines of the metrics file (a torn last line is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
+def read_metrics(run_dir: Path, name: str = METRICS_FILE) -> list[dict[str, Any]]:
+    """Complete lines of the metrics file `name` (a torn last line is skipped)."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return []
     out = []
@@ -67,13 +68,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def truncate_metrics(run_dir: Path, last_step: int) -> None:
+def truncate_metrics(run_dir: Path, last_step: int, name: str = METRICS_FILE) -> None:
     """Keeps the records with step < last_step (steps are 0-based; `last_step` of them
     are done), rewriting the file atomically."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / name
     if not path.is_file():
         return
-    kept = [r for r in read_metrics(run_dir) if int(r.get("step", -1)) < last_step]
+    kept = [r for r in read_metrics(run_dir, name) if int(r.get("step", -1)) < last_step]
     write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
