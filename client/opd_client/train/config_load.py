@@ -10,6 +10,7 @@ resolved config with every field's documentation are a separate concern.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -66,6 +67,9 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         )
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         require(ok, name, f"must be a number, got {value!r}")
         return float(value)
