@@ -80,6 +80,7 @@ bench: install
 	$(PY) benchmarks/losses.py --json $(BENCH_OUT)/losses.json
 	$(PY) benchmarks/gateway.py --json-out $(BENCH_OUT)/gateway.json
 	$(PY) benchmarks/estimator_variance.py
+	$(PY) benchmarks/method.py --json-out $(BENCH_OUT)/method.json
 
 lint: install
 	$(VENV)/bin/ruff check .
