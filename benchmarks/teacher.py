@@ -12,6 +12,15 @@ It prints a table and JSON: scored positions/s, p50/p99 latency, the service's t
 over the baseline's (target on CPU: at most 1.10 at 64 clients on the larger model) with
 the absolute overhead per request, and wire bytes per scored position next to a
 full-vocabulary float32 row.
+
+Backends (`--backends`, on by default): the hf and vllm backends (vllm from `.venv-vllm`,
+`make install-vllm`) serve the same model and the same requests (128-1,024 tokens, K = 32)
+at 1, 8 and 64 concurrent streams: positions/s, p50/p99, wire bytes per position and the
+server's CPU time per position (its whole process tree, vLLM's engine core included). It
+also times vLLM's output conversion on real `LogprobsTensors` (run inside `.venv-vllm`):
+dicts per position against `flat_logprobs` plus opd's reshape.
+
+    .venv/bin/python benchmarks/teacher.py --quick --only-backends
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -38,6 +48,9 @@ from opd_teacher.demo import free_port
 from opd_teacher.tiny import cache_dir, ensure_tiny_teacher
 
 TOP_K = 32
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+VLLM_FLAGS = ["--backend", "vllm", "--dtype", "float32", "--enforce-eager"]
 
 
 @dataclass
@@ -52,6 +65,7 @@ class Run:
     positions_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_ms_per_position: float | None = None
 
 
 def build_medium_model(tokenizer_source: Path) -> Path:
@@ -152,6 +166,36 @@ async def _wire_bytes(address: str, ids: list[int]) -> float:
     return response.ByteSize() / response.num_positions
 
 
+def _tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of `root` and its live descendants, from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, frontier = 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += times.get(pid, 0.0)
+        frontier += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
+def vllm_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": str(REPO_ROOT / ".cache" / "vllm"),
+    }
+
+
 def run_service(
     model_dir: Path,
     name: str,
@@ -161,10 +205,25 @@ def run_service(
     flags: list[str],
 ) -> tuple[Run, float]:
     """One `opd-teacher serve` child; `flags` override the batching defaults."""
+    runs, bytes_per_position = serve_and_drive(model_dir, name, seqs, (clients,), policy, flags)
+    return runs[0], bytes_per_position
+
+
+def serve_and_drive(
+    model_dir: Path,
+    name: str,
+    seqs: list[list[int]],
+    counts: tuple[int, ...],
+    policy: str,
+    flags: list[str],
+    python: Path | str = sys.executable,
+    env: dict[str, str] | None = None,
+) -> tuple[list[Run], float]:
+    """One server (`python -m opd_teacher.cli serve ... flags`) driven at each client count."""
     port = free_port()
     server = subprocess.Popen(
         [
-            sys.executable,
+            str(python),
             "-m",
             "opd_teacher.cli",
             "serve",
@@ -176,22 +235,138 @@ def run_service(
             "warning",
             *flags,
         ],
+        env=env,
     )
     address = f"127.0.0.1:{port}"
+    positions = sum(len(s) for s in seqs)
+    runs: list[Run] = []
     try:
 
-        async def session() -> tuple[list[float], float, float]:
+        async def session() -> float:
             async with TeacherClient(address, timeout_s=120) as client:
                 await client.wait_ready(timeout_s=300)
-            await _drive(address, seqs, clients)  # untimed pass, as for the bare model
-            latencies, wall = await _drive(address, seqs, clients)
-            return latencies, wall, await _wire_bytes(address, seqs[0])
+            await _drive(address, seqs, counts[0])  # untimed pass, as for the bare model
+            for count in counts:
+                cpu_before = _tree_cpu_s(server.pid)
+                latencies, wall = await _drive(address, seqs, count)
+                cpu_s = _tree_cpu_s(server.pid) - cpu_before
+                run = _summary(name, "service", count, policy, seqs, latencies, wall)
+                run.cpu_ms_per_position = round(1000 * cpu_s / positions, 4)
+                runs.append(run)
+            return await _wire_bytes(address, seqs[0])
 
-        latencies, wall, bytes_per_position = asyncio.run(session())
+        bytes_per_position = asyncio.run(session())
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    return _summary(name, "service", clients, policy, seqs, latencies, wall), bytes_per_position
+    return runs, bytes_per_position
+
+
+def backend_workload(count: int, vocab: int, seed: int = 1) -> list[list[int]]:
+    """128-1,024 tokens per sequence, the lengths of the backend comparison."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.integers(0, vocab, size=int(rng.integers(128, 1025))).tolist() for _ in range(count)
+    ]
+
+
+def run_backends(models: list[tuple[str, Path, int]], count: int) -> tuple[list[Run], dict]:
+    """hf against vllm on the same model and requests at 1, 8 and 64 streams."""
+    if not VLLM_PYTHON.exists():
+        raise SystemExit(".venv-vllm is missing: run `make install-vllm`")
+    runs: list[Run] = []
+    report: dict[str, object] = {}
+    for name, model_dir, vocab in models:
+        seqs = backend_workload(count, vocab)
+        per_backend = {}
+        for backend, python, flags, env in (
+            ("hf", sys.executable, [], None),
+            ("vllm", VLLM_PYTHON, VLLM_FLAGS, vllm_env()),
+        ):
+            these, wire = serve_and_drive(
+                model_dir, name, seqs, (1, 8, 64), backend, flags, python, env
+            )
+            runs += these
+            per_backend[backend] = {
+                "wire_bytes_per_position": round(wire, 1),
+                **{f"positions_per_s_at_{r.clients}": r.positions_per_s for r in these},
+                **{f"cpu_ms_per_position_at_{r.clients}": r.cpu_ms_per_position for r in these},
+            }
+        report[name] = per_backend
+    report["conversion"] = json.loads(
+        subprocess.run(
+            [str(VLLM_PYTHON), __file__, "--convert-only"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=vllm_env(),
+        ).stdout.splitlines()[-1]
+    )
+    return runs, report
+
+
+def convert_only(num_tokens: int = 1024, top_k: int = TOP_K, repeats: int = 20) -> dict:
+    """Inside .venv-vllm: vLLM's own output processing of one request's prompt log-probs
+    (`LogprobsProcessor`, as AsyncLLM runs it) plus opd's conversion, dicts vs flat."""
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+    from vllm.v1.outputs import LogprobsTensors
+
+    from opd_teacher.engine.vllm_convert import result_from_rows, rows_from_dicts, rows_from_flat
+    from opd_teacher.types import ScoreJob
+
+    generator = torch.Generator().manual_seed(0)
+    logprobs_NV = torch.log_softmax(3 * torch.randn(num_tokens, 512, generator=generator), -1)
+    ids_N = torch.randint(0, 512, (num_tokens,), generator=generator)
+    values_NK, topk_NK = logprobs_NV.topk(top_k)
+    actual_N = logprobs_NV[:-1].gather(1, ids_N[1:, None])
+    tensors = LogprobsTensors(
+        torch.cat([ids_N[1:, None], topk_NK[:-1]], 1).to(torch.int32),
+        torch.cat([actual_N, values_NK[:-1]], 1),
+        (logprobs_NV[:-1] > actual_N).sum(1).to(torch.int32) + 1,
+    )
+    last = LogprobsTensors(
+        torch.cat([topk_NK[-1:, :1], topk_NK[-1:]], 1).to(torch.int32),
+        torch.cat([values_NK[-1:, :1], values_NK[-1:]], 1),
+        torch.ones(1, dtype=torch.int32),
+    )
+    job = ScoreJob("b", "b", ids_N.numpy().astype(np.int32), top_k, return_token_logprobs=True)
+    timings = {}
+    for flat in (False, True):
+        best = float("inf")
+        for _ in range(repeats):
+            processor = LogprobsProcessor(
+                tokenizer=None,
+                logprobs=[] if not flat else None,
+                prompt_logprobs=None,
+                cumulative_logprob=0.0,
+                num_logprobs=top_k,
+                num_prompt_logprobs=top_k,
+            )
+            from vllm.logprobs import create_prompt_logprobs, create_sample_logprobs
+
+            processor.prompt_logprobs = create_prompt_logprobs(flat)
+            processor.logprobs = create_sample_logprobs(flat)
+            t0 = time.perf_counter()
+            processor._update_prompt_logprobs(tensors)
+            processor._update_sample_logprobs(last.tolists())
+            if flat:
+                rows = rows_from_flat(
+                    processor.prompt_logprobs, processor.logprobs, num_tokens, top_k
+                )
+            else:
+                rows = rows_from_dicts(
+                    processor.prompt_logprobs, processor.logprobs, job.token_ids_N, top_k
+                )
+            result_from_rows(rows, job)
+            best = min(best, time.perf_counter() - t0)
+        timings["flat" if flat else "dicts"] = best
+    return {
+        "positions": num_tokens,
+        "top_k": top_k,
+        "dicts_ms": round(1000 * timings["dicts"], 2),
+        "flat_ms": round(1000 * timings["flat"], 2),
+        "dicts_over_flat": round(timings["dicts"] / timings["flat"], 2),
+    }
 
 
 POLICIES = {
@@ -209,17 +384,33 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sequences (a smoke run)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare/service rounds")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report here")
+    parser.add_argument(
+        "--backends",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compare the hf and vllm backends (needs .venv-vllm)",
+    )
+    parser.add_argument("--only-backends", action="store_true", help="only the backend comparison")
+    parser.add_argument("--convert-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.convert_only:  # run by run_backends inside .venv-vllm
+        print(json.dumps(convert_only()))
+        return 0
     torch.manual_seed(0)
     tiny = ensure_tiny_teacher()
     medium = build_medium_model(tiny)
     runs: list[Run] = []
     report: dict[str, object] = {}
     rounds = 1 if args.quick else args.rounds
-    for name, model_dir, vocab, count in (
-        ("tiny", tiny, 512, 16 if args.quick else 64),
-        ("llama-58m", medium, 32000, 8 if args.quick else 48),
-    ):
+    comparisons = (
+        []
+        if args.only_backends
+        else [
+            ("tiny", tiny, 512, 16 if args.quick else 64),
+            ("llama-58m", medium, 32000, 8 if args.quick else 48),
+        ]
+    )
+    for name, model_dir, vocab, count in comparisons:
         seqs = workload(count, vocab)
         # The headline ratio alternates bare and service runs, so that load from other
         # processes on a shared machine hits both sides alike; the median is reported.
@@ -247,21 +438,27 @@ def main() -> int:
             "wire_bytes_per_position": round(bytes_per_position, 1),
             "full_vocab_float32_row_bytes": vocab * 4,
         }
+    if args.backends or args.only_backends:
+        models = [("tiny", tiny, 512)] + ([] if args.quick else [("llama-58m", medium, 32000)])
+        backend_runs, report["backends"] = run_backends(models, 16 if args.quick else 64)
+        runs += backend_runs
     report["target"] = "service_over_bare_at_64_clients <= 1.10 on llama-58m (CPU)"
     report["runs"] = [asdict(r) for r in runs]
     header = (
         f"{'model':<10} {'mode':<11} {'clients':>7} {'policy':<20} {'pos/s':>9} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'cpu ms/pos':>10}"
     )
     print(header)
     print("-" * len(header))
     for r in runs:
         print(
             f"{r.model:<10} {r.mode:<11} {r.clients:>7} {r.policy:<20} {r.positions_per_s:>9.1f} "
-            f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.wall_s:>7.2f}"
+            f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.wall_s:>7.2f} "
+            f"{'' if r.cpu_ms_per_position is None else r.cpu_ms_per_position:>10}"
         )
-    for name in ("tiny", "llama-58m"):
-        print(f"{name}: {json.dumps(report[name])}")
+    for name in ("tiny", "llama-58m", "backends"):
+        if name in report:
+            print(f"{name}: {json.dumps(report[name])}")
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_out:

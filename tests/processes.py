@@ -31,16 +31,23 @@ def start_teacher(
     *extra: str,
     timeout_s: float = 120,
     env: dict[str, str] | None = None,
+    python: str | Path = sys.executable,
+    backend: str = "hf",
+    statuses: list[int] | None = None,
 ) -> subprocess.Popen[str]:
     """`opd-teacher serve` on `model_dir`, returned once its readiness is SERVING.
 
-    `extra` flags come last, so they override the defaults given here."""
+    `extra` flags come last, so they override the defaults given here. `python` is the
+    interpreter that serves (the vllm backend runs in `.venv-vllm`); `statuses`, when
+    given, collects every readiness status seen while waiting."""
     process = subprocess.Popen(
         [
-            sys.executable,
+            str(python),
             "-m",
             "opd_teacher.cli",
             "serve",
+            "--backend",
+            backend,
             "--model",
             str(model_dir),
             "--host",
@@ -66,6 +73,8 @@ def start_teacher(
                 raise RuntimeError(f"teacher exited early: {process.stderr.read()}")  # type: ignore[union-attr]
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if statuses is not None:
+                    statuses.append(reply.status)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return process
             except grpc.RpcError:

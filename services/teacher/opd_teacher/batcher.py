@@ -5,7 +5,11 @@ filled round-robin over clients, one job per client per turn, so one client stre
 thousands of requests delays another's single request by at most one batch. Limits: a
 token budget per batch (padded tokens), a sequence cap, a short wait window for more
 jobs, a bound on queued jobs (past it, RESOURCE_EXHAUSTED at once), and deadlines
-checked before a job runs. It knows engines only through `ScoringEngine`.
+checked before a job runs. An engine with its own continuous batching (vllm,
+`handles_own_batching`) gets jobs one by one, as soon as they arrive and in the same
+round-robin order, while the work in flight stays within `max_batch_sequences` jobs and
+`max_inflight_tokens` tokens; the rest wait here, where fair share and back-pressure hold.
+It knows engines only through `ScoringEngine`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Batcher:
         )
         self._queued = 0
         self._running = 0
+        self._running_tokens = 0
+        self._inflight: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -116,6 +122,11 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        for task in list(self._inflight):
+            task.cancel()
+        for cancelled in list(self._inflight):
+            with contextlib.suppress(asyncio.CancelledError):
+                await cancelled
         for queue in self._queues.values():
             for pending in queue:
                 if not pending.future.done():
@@ -124,6 +135,9 @@ class Batcher:
         self._set_queued(0)
 
     async def _run(self) -> None:
+        if self.engine.handles_own_batching:
+            await self._run_continuous()
+            return
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -136,6 +150,51 @@ class Batcher:
                 await self._run_batch(batch)
             if self._queued:
                 self._wakeup.set()
+
+    async def _run_continuous(self) -> None:
+        """Hands each job to the engine as soon as the in-flight limits allow."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while (pending := self._take_one()) is not None:
+                task = asyncio.create_task(self._run_batch([pending]), name="engine-job")
+                self._inflight.add(task)
+                task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wakeup.set()
+
+    def _take_one(self) -> _Pending | None:
+        """The head job of the client served longest ago, if it fits what is in flight.
+
+        That head waits for room rather than being overtaken, so a stream of short jobs
+        cannot starve a long one."""
+        now = time.monotonic()
+        taken: _Pending | None = None
+        for client in list(self._queues):
+            queue = self._queues[client]
+            self._drop_stale(queue, now)
+            if not queue:
+                del self._queues[client]
+                continue
+            length = queue[0].job.num_tokens
+            if self._running >= self.config.max_batch_sequences or (
+                self._running_tokens
+                and self._running_tokens + length > self.config.max_inflight_tokens
+            ):
+                break
+            taken = queue.popleft()
+            self._set_queued(self._queued - 1)
+            self._queues.move_to_end(client)
+            if not queue:
+                del self._queues[client]
+            # Counted at once, so the next call sees this job as in flight.
+            self._running += 1
+            self._running_tokens += length
+            break
+        self._update_idle()
+        return taken
 
     def _take_batch(self) -> list[_Pending]:
         """Round-robin over clients, one job per client per pass, within the limits."""
@@ -211,7 +270,10 @@ class Batcher:
             self.metrics.queue_wait.observe(started - pending.enqueued_at)
         self.metrics.batch_sequences.observe(len(batch))
         self.metrics.batch_tokens.observe(len(batch) * max(p.job.num_tokens for p in batch))
-        self._running = len(batch)
+        tokens = sum(p.job.num_tokens for p in batch)
+        if not self.engine.handles_own_batching:  # _take_one counts those when taking them
+            self._running += len(batch)
+            self._running_tokens += tokens
         try:
             results = await self.engine.score([p.job for p in batch])
         except Exception as error:
@@ -230,7 +292,8 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_result(result)
         finally:
-            self._running = 0
+            self._running -= len(batch)
+            self._running_tokens -= tokens
             self._update_idle()
 
 

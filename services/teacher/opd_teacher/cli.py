@@ -1,6 +1,7 @@
 """`opd-teacher`: serve a teacher model over gRPC, or ask a running teacher about a text.
 
     opd-teacher serve --model DIR --backend hf --host 127.0.0.1 --port 50051
+    opd-teacher serve --model DIR --backend vllm --dtype float32 --enforce-eager   # vLLM on CPU
     opd-teacher score --teacher 127.0.0.1:50051 --text "12+7=19" --top-k 5
     opd-teacher tiny-model          # builds (once) and prints the tiny test model's directory
 
@@ -14,14 +15,24 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from opd_teacher.config import BatcherConfig, ConfigError, HFEngineConfig, ServerConfig
+from opd_teacher.config import (
+    BatcherConfig,
+    ConfigError,
+    HFEngineConfig,
+    ServerConfig,
+    VLLMEngineConfig,
+)
+
+if TYPE_CHECKING:
+    from opd_teacher.engine.base import ScoringEngine
 
 _DEFAULTS = ServerConfig()
 _BATCH = BatcherConfig()
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opd-teacher",
         description="opd's teacher scoring service: one teacher model behind gRPC, "
@@ -37,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model", type=Path, required=True, help="save_pretrained model directory")
-    serve.add_argument("--backend", choices=["hf"], default="hf", help="scoring engine")
+    serve.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="scoring engine: hf (transformers) or vllm (its own venv: make install-vllm)",
+    )
     serve.add_argument("--host", default=_DEFAULTS.host, help="address to bind")
     serve.add_argument("--port", type=int, default=_DEFAULTS.port, help="gRPC port (0: any free)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -45,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="model dtype; auto = float32 on CPU, bfloat16 on GPU",
+        help="model dtype; auto = float32 on CPU, bfloat16 on GPU (vllm: from the model config)",
     )
+    _add_vllm_flags(serve)
     serve.add_argument("--max-top-k", type=int, default=_DEFAULTS.max_top_k, help="largest top_k")
     serve.add_argument(
         "--max-batch-tokens",
@@ -77,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=_BATCH.max_padding_fraction,
         help="length bucketing: most padding a batch may hold, 0..1 (1 = pad freely)",
+    )
+    serve.add_argument(
+        "--max-inflight-tokens",
+        type=int,
+        default=_BATCH.max_inflight_tokens,
+        help="vllm: tokens handed to the engine and not yet answered",
     )
     serve.add_argument(
         "--max-stream-inflight",
@@ -127,8 +150,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _add_vllm_flags(serve: argparse.ArgumentParser) -> None:
+    vllm = serve.add_argument_group("vllm backend", "passed through to vLLM's engine arguments")
+    defaults = VLLMEngineConfig.__dataclass_fields__
+    vllm.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=defaults["tensor_parallel_size"].default,
+        help="GPUs one model is split over",
+    )
+    vllm.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=defaults["gpu_memory_utilization"].default,
+        help="share of GPU memory for weights and KV cache",
+    )
+    vllm.add_argument(
+        "--max-model-len", type=int, default=None, help="longest sequence (default: the model's)"
+    )
+    vllm.add_argument(
+        "--enable-prefix-caching",
+        action="store_true",
+        help="vLLM's prefix cache (scoring requests do not read it in vLLM 0.32: README)",
+    )
+    vllm.add_argument(
+        "--enforce-eager", action="store_true", help="no CUDA graphs or compilation (CPU: needed)"
+    )
+
+
+def _engine(args: argparse.Namespace, max_top_k: int) -> ScoringEngine:
+    if args.backend == "vllm":
+        from opd_teacher.engine.vllm import VLLMEngine
+
+        vllm_config = VLLMEngineConfig(
+            model_dir=args.model,
+            dtype=args.dtype,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            enable_prefix_caching=args.enable_prefix_caching,
+            enforce_eager=args.enforce_eager,
+        )
+        return VLLMEngine(vllm_config, max_top_k=max_top_k)
     from opd_teacher.engine.hf import HFEngine
+
+    return HFEngine(HFEngineConfig(model_dir=args.model, device=args.device, dtype=args.dtype))
+
+
+def _serve(args: argparse.Namespace) -> int:
     from opd_teacher.log import configure_logging
     from opd_teacher.server import run_server
 
@@ -146,15 +215,16 @@ def _serve(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue,
             max_padding_fraction=args.max_padding_fraction,
+            max_inflight_tokens=args.max_inflight_tokens,
         ),
     )
-    engine_config = HFEngineConfig(model_dir=args.model, device=args.device, dtype=args.dtype)
+    engine = _engine(args, config.max_top_k)
     configure_logging(args.log_level, args.log_format)
-    return asyncio.run(run_server(HFEngine(engine_config), config))
+    return asyncio.run(run_server(engine, config))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)

@@ -42,6 +42,10 @@ class BatcherConfig:
     max_padding_fraction: float = 1.0
     """Length bucketing: a job joins a batch only while padding stays at most this share of
     the batch's tokens, 0..1 (1 = pad freely, 0 = equal lengths only)."""
+    max_inflight_tokens: int = 65536
+    """Engines with their own continuous batching (vllm): tokens of the jobs handed to the
+    engine and not yet answered, >= 1 (one longer job still runs, alone); the jobs in
+    flight are also capped by `max_batch_sequences`. The rest wait in the fair queue."""
 
     def __post_init__(self) -> None:
         _require(self.max_batch_tokens >= 1, "max_batch_tokens", "must be >= 1")
@@ -49,6 +53,7 @@ class BatcherConfig:
         _require(0 <= self.max_wait_ms <= 1000, "max_wait_ms", "must be in 0..1000")
         _require(self.max_queue >= 1, "max_queue", "must be >= 1")
         _require(0 <= self.max_padding_fraction <= 1, "max_padding_fraction", "must be in 0..1")
+        _require(self.max_inflight_tokens >= 1, "max_inflight_tokens", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,47 @@ class HFEngineConfig:
             self.dtype in ("auto", "float32", "bfloat16", "float16"),
             "dtype",
             f"{self.dtype!r} is not auto, float32, bfloat16 or float16",
+        )
+
+
+@dataclass(frozen=True)
+class VLLMEngineConfig:
+    """The vLLM backend: vLLM's async engine in-process, its own continuous batching.
+
+    Each field is passed through to vLLM's engine arguments; `max_logprobs` is the service's
+    `max_top_k`, so it is not repeated here. On CPU use dtype 'float32' and enforce_eager.
+    """
+
+    model_dir: Path
+    """A `save_pretrained` directory with config, weights and tokenizer files."""
+    dtype: str = "auto"
+    """'auto' (vLLM picks from the model config), 'float32', 'bfloat16' or 'float16'."""
+    tensor_parallel_size: int = 1
+    """GPUs one model is split over, >= 1."""
+    gpu_memory_utilization: float = 0.9
+    """Share of each GPU's memory vLLM may take for weights and KV cache, in (0, 1]."""
+    max_model_len: int | None = None
+    """Longest sequence in tokens, >= 2; None = the model config's limit."""
+    enable_prefix_caching: bool = False
+    """vLLM's prefix cache (README: scoring requests do not read it in vLLM 0.32)."""
+    enforce_eager: bool = False
+    """No CUDA graphs or compilation: faster start, slower steps; needed on CPU."""
+
+    def __post_init__(self) -> None:
+        _require(Path(self.model_dir).is_dir(), "model_dir", f"{self.model_dir} is not a directory")
+        _require(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "dtype",
+            f"{self.dtype!r} is not auto, float32, bfloat16 or float16",
+        )
+        _require(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        _require(
+            0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]"
+        )
+        _require(
+            self.max_model_len is None or self.max_model_len >= 2,
+            "max_model_len",
+            "must be >= 2",
         )
 
 
