@@ -28,7 +28,7 @@ def _help(name: str) -> str:
     return str(_FIELDS[name].description) + f" (default: {_FIELDS[name].default})"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opd-gateway",
         description="opd's HTTP gateway: the teacher's per-token view of any text over "
@@ -67,7 +67,7 @@ def _exit_after_drain(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
     except ValidationError as error:
