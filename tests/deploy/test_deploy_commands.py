@@ -36,7 +36,8 @@ from opd_gateway.cli import build_parser as gateway_parser
 from opd_gateway.settings import GatewaySettings
 from opd_protos.names import LIVENESS_SERVICE, SERVICE_NAME
 from opd_teacher.cli import build_parser as teacher_parser
-from opd_teacher.config import BatcherConfig, ServerConfig
+from opd_teacher.cli import server_config
+from opd_teacher.config import ServerConfig
 
 TEACHER_PORT = ServerConfig().port
 HEALTH_NAMES = {"", SERVICE_NAME, LIVENESS_SERVICE}
@@ -79,21 +80,7 @@ def check_and_parse(lines: list[CommandLine], monkeypatch: pytest.MonkeyPatch) -
         if program == "opd-teacher":
             args = _parse(teacher_parser(), line)
             assert args.command == "serve", line.origin
-            ServerConfig(  # the token file is mounted at run time, so it is left out here
-                host=args.host,
-                port=args.port,
-                max_top_k=args.max_top_k,
-                max_stream_inflight=args.max_stream_inflight,
-                metrics_port=args.metrics_port,
-                drain_timeout_s=args.drain_timeout_s,
-                batcher=BatcherConfig(
-                    max_batch_tokens=args.max_batch_tokens,
-                    max_batch_sequences=args.max_batch_sequences,
-                    max_wait_ms=args.max_wait_ms,
-                    max_queue=args.max_queue,
-                    max_padding_fraction=args.max_padding_fraction,
-                ),
-            )
+            server_config(args, with_auth=False)  # the token file is mounted at run time
             assert args.host == "0.0.0.0", f"{line.origin}: a container binds every address"
             parsed.teacher.append((line, args))
         elif program == "opd-gateway":

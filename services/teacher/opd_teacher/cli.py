@@ -197,17 +197,16 @@ def _engine(args: argparse.Namespace, max_top_k: int) -> ScoringEngine:
     return HFEngine(HFEngineConfig(model_dir=args.model, device=args.device, dtype=args.dtype))
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from opd_teacher.log import configure_logging
-    from opd_teacher.server import run_server
-
-    config = ServerConfig(
+def server_config(args: argparse.Namespace, with_auth: bool = True) -> ServerConfig:
+    """The validated `ServerConfig` of `opd-teacher serve`'s arguments. `with_auth=False`
+    leaves the token file out (a deployment check, where it is mounted only at run time)."""
+    return ServerConfig(
         host=args.host,
         port=args.port,
         max_top_k=args.max_top_k,
         max_stream_inflight=args.max_stream_inflight,
         metrics_port=args.metrics_port,
-        auth_token_file=args.auth_token_file,
+        auth_token_file=args.auth_token_file if with_auth else None,
         drain_timeout_s=args.drain_timeout_s,
         batcher=BatcherConfig(
             max_batch_tokens=args.max_batch_tokens,
@@ -218,6 +217,13 @@ def _serve(args: argparse.Namespace) -> int:
             max_inflight_tokens=args.max_inflight_tokens,
         ),
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from opd_teacher.log import configure_logging
+    from opd_teacher.server import run_server
+
+    config = server_config(args)
     engine = _engine(args, config.max_top_k)
     configure_logging(args.log_level, args.log_format)
     return asyncio.run(run_server(engine, config))
