@@ -16,7 +16,7 @@ from opd_client.align import AlignStats
 from opd_client.losses import SupportBatch
 from opd_client.train.config import LossConfig, OptimConfig, RolloutConfig
 from opd_client.train.pipeline import ScoredBatch
-from opd_client.train.rollout import RolloutBatch, sample_rollouts
+from opd_client.train.rollout import RolloutBatch, SamplingKey, sample_rollouts
 from opd_client.train.step import lr_at, train_step
 
 
@@ -166,6 +166,28 @@ def test_rollouts_respect_top_p_and_stop(tiny_teacher_dir: Path) -> None:
     torch.manual_seed(0)
     again = sample_rollouts(model, prompts * 2, list(range(8)), cfg, stop, tok.pad_token_id, 8)
     assert again.response_ids == batch.response_ids  # the generator state decides everything
+
+
+def test_keyed_sampling_is_a_function_of_seed_step_and_sequence(tiny_teacher_dir: Path) -> None:
+    """What makes resume and torchrun shards exact: a chunk's tokens depend on (seed, step,
+    index of its first sequence), not on the default generator or on who samples it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    prompts = [tok.encode(t) for t in ("3+4", "the teacher", "1 2 3", "count")]
+    cfg = RolloutConfig(top_p=0.9, max_new_tokens=10, batch_size=2)
+
+    def sample(rows: slice, key: SamplingKey) -> list[list[int]]:
+        out = sample_rollouts(model, prompts[rows], [0] * 4, cfg, [], tok.pad_token_id, 4, key)
+        return out.response_ids
+
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    whole = sample(slice(0, 4), SamplingKey(seed=5, step=2))
+    assert torch.equal(torch.get_rng_state(), before)  # the default generator is left alone
+    torch.manual_seed(99)  # another default generator state changes nothing
+    halves = sample(slice(0, 2), SamplingKey(5, 2, 0)) + sample(slice(2, 4), SamplingKey(5, 2, 2))
+    assert halves == whole
+    assert sample(slice(0, 4), SamplingKey(seed=5, step=3)) != whole
 
 
 def test_schedule_shapes() -> None:

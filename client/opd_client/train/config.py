@@ -295,6 +295,11 @@ class TrainConfig:
         1800.0, "wait this long (seconds) for a teacher that is gone, then checkpoint and exit 3"
     )
     progress: bool = _f(True, "show a tqdm progress bar on stderr")
+    client_name: str = _f(
+        "",
+        "this job's name in the teacher's x-opd-client metadata (its fair share and metrics "
+        "are per client); empty: opd-train:<name of run_dir>",
+    )
 
     def __post_init__(self) -> None:
         for name in ("student", "prompts", "run_dir"):
@@ -337,6 +342,10 @@ class TrainConfig:
         return self.teachers[0]
 
     @property
+    def teacher_client_name(self) -> str:
+        return self.client_name or f"opd-train:{Path(self.run_dir).name}"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir or Path(self.run_dir) / "checkpoints")
 
@@ -356,6 +365,7 @@ RESUMABLE_FIELDS = (
     "max_steps",
     "progress",
     "torch_threads",
+    "client_name",
     "teacher_unavailable_timeout_s",
     "checkpoint.interval",
     "checkpoint.keep_last",

@@ -5,16 +5,18 @@ Why this module exists: it is the library entry point the CLI is a thin launcher
 the tokenizer bridge, score them on the teacher over one stream, build the support, take
 one optimiser step, write a metrics line, checkpoint every `checkpoint.interval` steps.
 
-Start-up validates everything before writing anything: config, prompts file, student
-(a causal LM with a bias-free LM head), the teacher (reachable, `top_k` within its
-`max_top_k`, extra_ids when the support needs them), prompt lengths, and — when resuming
-— that the checkpoint's config and teacher fingerprint match. Any problem raises
+Start-up validates everything before writing anything (`startup.py`): any problem raises
 `ConfigError` (the CLI: exit 2, one line) with nothing in the run directory touched.
 
-Resume is exact: the checkpoint holds the RNG state at the end of its step, the data
-position, model and optimiser; the schedule is a function of the step. If the teacher
-stays unavailable past `teacher_unavailable_timeout_s`, the loop checkpoints the state of
-the start of the step it could not finish and raises `TeacherUnavailableError` (exit 3).
+Resume is exact: the checkpoint holds the data position, model and optimiser (and the RNG
+state); sampling seeds are a function of (seed, step, sequence) and the schedule of the
+step. If the teacher stays unavailable past `teacher_unavailable_timeout_s`, the loop
+checkpoints the state of the start of the step it could not finish and raises
+`TeacherUnavailableError` (exit 3).
+
+Under torchrun (`distributed.py`) every rank runs this loop on its shard of each step's
+prompts with its own teacher stream; the student body is wrapped in DDP, rank 0 alone
+writes, and at the end the ranks compare parameter digests (`ranks.json`).
 
 What it does not know: the maths of the losses (opd_client.losses), alignment
 (opd_client.align) or the wire (opd_client SDK).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import tempfile
 import time
@@ -38,7 +41,13 @@ from opd_client.align import AlignConfig, TokenizerBridge, TokenizerSide
 from opd_client.align.errors import AlignError
 from opd_client.train import checkpoint as ckpt
 from opd_client.train.config import ConfigError, TrainConfig
-from opd_client.train.config_load import config_differences, config_to_dict
+from opd_client.train.config_load import config_to_dict
+from opd_client.train.distributed import (
+    Parallel,
+    data_parallel,
+    param_digest,
+    process_group,
+)
 from opd_client.train.evaluate import (
     EVAL_FILE,
     EvalSet,
@@ -59,8 +68,16 @@ from opd_client.train.pipeline import (
     plan_requests,
     score_with_wait,
 )
-from opd_client.train.rollout import load_prompts, prompt_order, sample_rollouts
-from opd_client.train.step import lm_head_weight, lr_at, train_step
+from opd_client.train.rollout import SamplingKey, load_prompts, prompt_order, sample_rollouts
+from opd_client.train.startup import (
+    auth_token,
+    check_resume,
+    check_teacher,
+    connect,
+    load_student,
+    render_prompts,
+)
+from opd_client.train.step import lr_at, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -76,86 +93,14 @@ class RunResult:
     teacher_fingerprint: str = ""
 
 
-def _load_student(path: Path, device: str) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    where = f"student: {path}"
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{where} is not a model directory (no config.json)")
-    try:
-        AutoConfig.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except Exception as err:  # transformers raises many kinds; all mean "not a causal LM"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{where} is not a causal LM transformers can load ({first})") from None
-    try:
-        lm_head_weight(model)
-    except ValueError as err:
-        raise ConfigError(f"{where}: {err}") from None
-    return model.to(torch.device(device))  # type: ignore[arg-type]
-
-
-def _auth_token(config: TrainConfig) -> str | None:
-    path = config.teacher.auth_token_file
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ConfigError(f"teachers[0].auth_token_file: cannot read {path}: {err}") from None
-
-
-def _connect(config: TrainConfig, token: str | None) -> tuple[TeacherSession, Any]:
-    session = TeacherSession(
-        config.teacher.address, timeout_s=config.teacher.timeout_s, auth_token=token
-    )
-    session.__enter__()
-    try:
-        info = session.get_info()
-    except Exception as err:
-        session.__exit__(None, None, None)
-        detail = err.details() if hasattr(err, "details") else str(err)  # type: ignore[union-attr]
-        address = ",".join(config.teacher.address)
-        raise ConfigError(
-            f"teachers[0].address: teacher {address} unreachable ({detail})"
-        ) from None
-    return session, info
-
-
-def _check_teacher(config: TrainConfig, info: Any, bridge: TokenizerBridge) -> None:
-    if config.teacher.top_k > info.max_top_k:
-        raise ConfigError(
-            f"teachers[0].top_k: {config.teacher.top_k} > the teacher's max_top_k {info.max_top_k}"
-        )
-    if config.loss.support == "student_topk":
-        if not info.supports_extra_ids:
-            raise ConfigError("loss.support: student_topk needs a teacher with extra_ids")
-        if not bridge.identity:
-            raise ConfigError("loss.support: student_topk needs the teacher's tokenizer for now")
-
-
-def _check_resume(
-    config: TrainConfig, saved: ckpt.Checkpoint, fingerprint: str, allow_teacher_change: bool
-) -> None:
-    diffs = config_differences(saved.state["config"], config_to_dict(config))
-    if diffs:
-        raise ConfigError(
-            f"config: differs from the checkpoint {saved.path.name}'s at {'; '.join(diffs[:4])}"
-            " (use another run_dir for a different run)"
-        )
-    if saved.state.get("teacher_fingerprint") != fingerprint and not allow_teacher_change:
-        raise ConfigError(
-            f"teacher: fingerprint {fingerprint[:12]} differs from the checkpoint's "
-            f"{str(saved.state.get('teacher_fingerprint'))[:12]} (another model or tokenizer); "
-            "pass --allow-teacher-change to resume anyway"
-        )
-
-
 def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
     """Runs (or resumes) the run in `config.run_dir` up to `config.max_steps`."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    parallel = Parallel.from_env()
+    _check_world(config, parallel)
+    device = parallel.device(config.device)
     records = load_prompts(config.prompts)
     saved = ckpt.find_latest(config.checkpoint_dir)
     student_dir = Path(config.student)
@@ -163,10 +108,14 @@ def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
         student_side = TokenizerSide.load(student_dir)
     except AlignError as err:
         raise ConfigError(f"student: {err}") from None
-    model = _load_student(saved.model_dir if saved else student_dir, config.device)
-    session, info = _connect(config, _auth_token(config))
+    model = load_student(saved.model_dir if saved else student_dir, device)
+    session, info = connect(config, auth_token(config))
     with contextlib.ExitStack() as stack:
         stack.push(lambda *exc: session.__exit__(*exc))
+        # Past the teacher wait, so a rank waiting for its teacher never times the others out.
+        stack.enter_context(
+            process_group(parallel, device, config.teacher_unavailable_timeout_s + 600)
+        )
         with tempfile.TemporaryDirectory(prefix="opd-teacher-tok-") as tok_dir:
             try:
                 session.save_tokenizer(Path(tok_dir))
@@ -180,36 +129,29 @@ def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
             on_lossy=config.masking.on_lossy,
         )
         bridge = TokenizerBridge(student_side, teacher_side, align, teacher_roles=roles)
-        _check_teacher(config, info, bridge)
-        prompt_ids = _render_prompts(config, records, bridge, model, info)
+        check_teacher(config, info, bridge)
+        prompt_ids = render_prompts(config, records, bridge, model, info)
         eval_set = load_eval_set(config, bridge.student.render_prompt)
         if saved is not None:
-            _check_resume(config, saved, info.fingerprint, allow_teacher_change)
-        return _run(config, model, bridge, session, info, records, prompt_ids, saved, eval_set)
+            check_resume(config, saved, info.fingerprint, allow_teacher_change)
+        return _run(
+            config, model, bridge, session, info, records, prompt_ids, saved, eval_set, parallel
+        )
 
 
-def _render_prompts(
-    config: TrainConfig, records: list[Any], bridge: TokenizerBridge, model: Any, info: Any
-) -> list[list[int]]:
-    limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    new = config.rollout.max_new_tokens
-    out = []
-    for r in records:
-        ids = bridge.student.render_prompt(r.prompt)
-        teacher_len = len(bridge.teacher.render_prompt(r.prompt))
-        if limit and len(ids) + new > limit:
-            raise ConfigError(
-                f"prompts: line {r.line}: {len(ids)} prompt tokens + rollout.max_new_tokens {new}"
-                f" > the student's max_position_embeddings {limit}"
-            )
-        if info.max_sequence_length and teacher_len + new > info.max_sequence_length:
-            raise ConfigError(
-                f"prompts: line {r.line}: {teacher_len} teacher prompt tokens + "
-                f"rollout.max_new_tokens {new} > the teacher's max_sequence_length "
-                f"{info.max_sequence_length}"
-            )
-        out.append(ids)
-    return out
+def _check_world(config: TrainConfig, parallel: Parallel) -> None:
+    n = parallel.world_size
+    if config.prompts_per_step % n:
+        raise ConfigError(
+            f"prompts_per_step: {config.prompts_per_step} does not split over {n} torchrun "
+            "processes (it counts the prompts of the whole job)"
+        )
+    local = config.prompts_per_step // n * config.rollout.samples_per_prompt
+    if config.grad_accumulation > local:
+        raise ConfigError(
+            f"grad_accumulation: {config.grad_accumulation} > the {local} rollouts of each of "
+            f"the {n} torchrun processes"
+        )
 
 
 def _run(
@@ -222,15 +164,23 @@ def _run(
     prompt_ids: list[list[int]],
     saved: ckpt.Checkpoint | None,
     eval_set: EvalSet | None = None,
+    parallel: Parallel = Parallel(),  # noqa: B008 (frozen, a world of one)
 ) -> RunResult:
-    """Everything after validation: from here on the run directory is written."""
+    """Everything after validation: from here on the run directory is written (by rank 0)."""
     run_dir, ckpt_dir = Path(config.run_dir), config.checkpoint_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_partial(ckpt_dir)
+    main = parallel.is_main
     resolved = config_to_dict(config)
-    ckpt.write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    start = saved.step if saved is not None else 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial(ckpt_dir)
+        ckpt.write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        truncate_metrics(run_dir, start)
+        truncate_metrics(run_dir, start + 1, EVAL_FILE)  # the eval at `start` is still valid
+    parallel.barrier()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    body = data_parallel(model, parallel)
     o = config.optim
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -242,8 +192,6 @@ def _run(
         ckpt.restore_rng(ckpt.load_rng(saved.path))
         start, position = saved.step, int(saved.state["data_position"])
         logger.info("resuming from %s (step %d)", saved.path, start)
-    truncate_metrics(run_dir, start)
-    truncate_metrics(run_dir, start + 1, EVAL_FILE)  # the eval at `start` is still valid
     hf_tok = bridge.student.hf
     pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
     stop_ids = stop_ids_for(bridge.student_roles, hf_tok)
@@ -261,8 +209,13 @@ def _run(
 
     def save(step: int, rng: dict[str, torch.Tensor], data_position: int) -> None:
         existing = ckpt_dir / f"{ckpt.STEP_PREFIX}{step:08d}"
+        if main:
+            write(step, rng, data_position, existing)
+        parallel.barrier()  # no rank reads `latest` before the checkpoint is complete
+        result.last_checkpoint = existing
+
+    def write(step: int, rng: dict[str, torch.Tensor], data_position: int, existing: Path) -> None:
         if (existing / "state.json").is_file():  # the state of a step is always the same
-            result.last_checkpoint = existing
             return
         state = {
             "data_position": data_position,
@@ -270,7 +223,7 @@ def _run(
             "teacher_fingerprint": info.fingerprint,
             "teacher_model": info.model,
         }
-        result.last_checkpoint = ckpt.save_checkpoint(
+        ckpt.save_checkpoint(
             ckpt_dir,
             step=step,
             model=model,
@@ -281,8 +234,8 @@ def _run(
             keep_last=config.checkpoint.keep_last,
         )
 
-    def run_eval(step: int, evals: MetricsWriter) -> None:
-        if eval_set is None:
+    def run_eval(step: int, evals: MetricsWriter | None) -> None:
+        if eval_set is None or evals is None:
             return
         res = evaluate(
             model,
@@ -301,27 +254,30 @@ def _run(
         result.evals.append(record)
         logger.info("eval at step %d: accuracy %.3f (n=%d)", step, res.accuracy, res.n)
 
-    bar = progress_bar(config.max_steps, start, config.progress)
-    with (
-        MetricsWriter(run_dir) as metrics,
-        MetricsWriter(run_dir, EVAL_FILE) as evals,
-        contextlib.closing(bar),
-    ):
+    bar = progress_bar(config.max_steps, start, config.progress and main)
+    with contextlib.ExitStack() as writers:
+        # Only rank 0 writes; the others see no writers.
+        metrics = writers.enter_context(MetricsWriter(run_dir)) if main else None
+        evals = writers.enter_context(MetricsWriter(run_dir, EVAL_FILE)) if main else None
+        writers.enter_context(contextlib.closing(bar))
         done_evals = {int(r["step"]) for r in read_metrics(run_dir, EVAL_FILE)}
         if start not in done_evals and start < config.max_steps:
             run_eval(start, evals)
         for step in range(start, config.max_steps):
             rng_at_start = ckpt.capture_rng()
             order = prompt_order(len(records), config.seed, position, config.prompts_per_step)
+            mine = parallel.shard(order)
+            first = parallel.rank * len(mine) * config.rollout.samples_per_prompt
             t0 = time.perf_counter()
             rollouts = sample_rollouts(
                 model,
-                [prompt_ids[i] for i in order],
-                order,
+                [prompt_ids[i] for i in mine],
+                mine,
                 config.rollout,
                 stop_ids,
                 pad_id,
                 config.teacher.top_k,
+                key=SamplingKey(config.seed, step, first),
             )
             t1 = time.perf_counter()
             plans, requests = plan_requests(
@@ -333,14 +289,17 @@ def _run(
                 loss_cfg.support == "student_topk",
                 int(info.vocab_size),
             )
+            gone: TeacherUnavailableError | None = None
             try:
                 (outputs, latencies), waited = score_with_wait(
                     functools.partial(session.score_all, requests),
                     config.teacher_unavailable_timeout_s,
                 )
-            except TeacherUnavailableError:
+            except TeacherUnavailableError as err:
+                gone = err
+            if parallel.any(gone is not None):  # every rank stops at the same step
                 save(step, rng_at_start, position)
-                raise
+                raise gone or TeacherUnavailableError("another rank's teacher stayed unavailable")
             t2 = time.perf_counter()
             scored = assemble(bridge, plans, outputs, rollouts, latencies, int(info.vocab_size))
             out = train_step(
@@ -354,6 +313,8 @@ def _run(
                 config.grad_accumulation,
                 pad_id,
                 cast,
+                body,
+                parallel,
             )
             t3 = time.perf_counter()
             position += config.prompts_per_step
@@ -378,7 +339,8 @@ def _run(
                 "teacher_wait_s": waited,
                 "data_position": position,
             }
-            metrics.write(record)
+            if metrics is not None:
+                metrics.write(record)
             result.losses.append(out.loss)
             result.steps_done += 1
             bar.update(1)
@@ -389,4 +351,17 @@ def _run(
             every = config.eval.interval
             if (every and done % every == 0) or done == config.max_steps:
                 run_eval(done, evals)
+    _check_ranks_agree(model, parallel, run_dir)
     return result
+
+
+def _check_ranks_agree(model: Any, parallel: Parallel, run_dir: Path) -> None:
+    """Under torchrun: every rank's parameter digest into ranks.json; unequal ones raise."""
+    if not parallel.enabled:
+        return
+    digests = parallel.all_gather(param_digest(model))
+    if parallel.is_main:
+        report = {"world_size": parallel.world_size, "param_sha256_by_rank": digests}
+        ckpt.write_atomic(run_dir / "ranks.json", json.dumps(report, indent=2) + "\n")
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the ranks' parameters differ at the end of the run: {digests}")

@@ -60,9 +60,16 @@ class TeacherUnavailableError(RuntimeError):
 class TeacherSession:
     """`with TeacherSession(addresses, ...) as teacher:` a blocking face of TeacherClient."""
 
-    def __init__(self, addresses: Sequence[str], *, timeout_s: float, auth_token: str | None):
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout_s: float,
+        auth_token: str | None,
+        client_name: str = "opd-train",
+    ):
         self._client = TeacherClient(
-            list(addresses), timeout_s=timeout_s, auth_token=auth_token, client_name="opd-train"
+            list(addresses), timeout_s=timeout_s, auth_token=auth_token, client_name=client_name
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)

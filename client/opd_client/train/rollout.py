@@ -9,17 +9,22 @@ log-probs of the sampled tokens (the raw temperature-1 distribution, sampled-tok
 π_old) and the student's top-K ids at each position. A small logits processor records
 those from each step's [B, V] logits, so no [T, V] tensor is kept.
 
-Sampling draws from torch's default generator; the loop saves and restores its state in
-checkpoints, which is what makes a resumed run sample the same tokens. Data order is a
-pure function of (seed, position), so the position is the only data state.
+Given a `SamplingKey` (the loop always gives one), each chunk of `rollout.batch_size`
+sequences samples under its own seed, a pure function of (run seed, step, index of the
+chunk's first sequence in the step): a resumed run samples the same tokens without any
+generator state, and under torchrun each rank's chunks are the ones one process would
+have sampled (exactly so when a rank's share is a multiple of the batch size). Without a
+key, sampling draws from torch's default generator. Data order is a pure function of
+(seed, position), so the position is the only data state.
 
 What it does not know: the teacher, the tokenizer bridge and the loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +212,34 @@ def _generate_chunk(
     return responses, list(logp_BS), list(topk_BSK)
 
 
+@dataclass(frozen=True)
+class SamplingKey:
+    """Where a step's sampling comes from: the run's seed, the step, and the index (in the
+    whole step, all ranks) of this call's first sequence."""
+
+    seed: int
+    step: int
+    first_sequence: int = 0
+
+    def chunk_seed(self, offset: int) -> int:
+        """The seed of the chunk that starts `offset` sequences into this call."""
+        entropy = [self.seed, self.step, self.first_sequence + offset]
+        state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+        return (int(state[0]) << 31) | (int(state[1]) >> 1)
+
+
+@contextlib.contextmanager
+def _seeded(model: Any, seed: int | None) -> Iterator[None]:
+    """Runs the block under `seed`, leaving torch's default generator as it was."""
+    if seed is None:
+        yield
+        return
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def sample_rollouts(
     model: Any,
     prompt_ids: Sequence[Sequence[int]],
@@ -215,8 +248,10 @@ def sample_rollouts(
     stop_ids: Sequence[int],
     pad_id: int,
     k: int,
+    key: SamplingKey | None = None,
 ) -> RolloutBatch:
-    """`cfg.samples_per_prompt` responses per prompt, generated `cfg.batch_size` at a time."""
+    """`cfg.samples_per_prompt` responses per prompt, generated `cfg.batch_size` at a time,
+    each chunk under `key`'s seed for it (or from the default generator without a key)."""
     was_training = model.training
     model.eval()
     seqs = [list(p) for p in prompt_ids for _ in range(cfg.samples_per_prompt)]
@@ -226,9 +261,10 @@ def sample_rollouts(
     topks: list[Tensor] = []
     try:
         for start in range(0, len(seqs), cfg.batch_size):
-            r, lp, tk = _generate_chunk(
-                model, seqs[start : start + cfg.batch_size], cfg, stop_ids, pad_id, k
-            )
+            with _seeded(model, key.chunk_seed(start) if key else None):
+                r, lp, tk = _generate_chunk(
+                    model, seqs[start : start + cfg.batch_size], cfg, stop_ids, pad_id, k
+                )
             responses += r
             logps += lp
             topks += tk

@@ -8,7 +8,9 @@ z = h·W[S] (`support_logits`), and log Z (when a loss or a metric needs it) is 
 chunked; `fused=False` builds the full [B, T, V] logits and gathers — the naive path the
 equality test compares against. Micro-batches are weighted by their share of the step's
 unmasked positions, so gradient accumulation equals one big batch (DESIGN.md §1:
-normalised by the global token count).
+normalised by the global token count). Under torchrun the count is the whole world's and
+the body runs through DistributedDataParallel (`distributed.py`), whose mean over ranks
+the weights undo, so N ranks take the step one process would take with all their rows.
 
 Metrics computed here (no gradient): rkl_support (LSM value on the support), student_mass
 (student probability on the teacher's mapped top-K), and, from the student's top-K
@@ -45,6 +47,7 @@ from opd_client.losses import (
     truncated_rkl,
 )
 from opd_client.train.config import LossConfig, OptimConfig
+from opd_client.train.distributed import HiddenStates, Parallel
 from opd_client.train.pipeline import ScoredBatch
 from opd_client.train.rollout import RolloutBatch
 
@@ -76,12 +79,6 @@ def lm_head_weight(model: Any) -> Tensor:
     if head is None or getattr(head, "bias", None) is not None:
         raise ValueError("the student's LM head must be a bias-free linear layer")
     return head.weight
-
-
-def hidden_states(model: Any, input_ids_BL: Tensor, attention_BL: Tensor) -> Tensor:
-    """Final hidden states (after the last norm) [B, L, D], without the LM head."""
-    base = getattr(model, model.base_model_prefix)
-    return base(input_ids=input_ids_BL, attention_mask=attention_BL, use_cache=False)[0]
 
 
 def _sequences(rollouts: RolloutBatch, rows: list[int], pad_id: int) -> tuple[Tensor, ...]:
@@ -159,12 +156,15 @@ def micro_loss(
     cfg: LossConfig,
     pad_id: int,
     autocast: Any = contextlib.nullcontext,
+    body: torch.nn.Module | None = None,
 ) -> tuple[Tensor, int, dict[str, float]]:
-    """(loss of these rows as a token-mean, its token count, per-micro-batch metrics)."""
+    """(loss of these rows as a token-mean, its token count, per-micro-batch metrics).
+
+    `body` computes the hidden states (the DDP-wrapped student under torchrun)."""
     device = lm_head_weight(model).device
     ids_BL, attention_BL, index_BT = (t.to(device) for t in _sequences(rollouts, rows, pad_id))
     with autocast():
-        hidden_BLD = hidden_states(model, ids_BL, attention_BL)
+        hidden_BLD = (body or HiddenStates(model))(ids_BL, attention_BL)
     D = hidden_BLD.shape[-1]
     hidden_BTD = hidden_BLD.gather(1, index_BT.unsqueeze(-1).expand(-1, -1, D))
     z_of, logz_of = _logits_fn(model, hidden_BTD, cfg)
@@ -212,6 +212,9 @@ def micro_loss(
     return loss, tokens, metrics
 
 
+SUPPORT_METRICS = ("positions", "rkl_support", "student_mass", "teacher_mass", "overlap_ratio")
+
+
 @torch.no_grad()
 def _support_metrics(
     z_of: Any,
@@ -222,8 +225,8 @@ def _support_metrics(
     rows: list[int],
 ) -> dict[str, float]:
     positions = int(base.mask_BT.sum())
-    if positions == 0:
-        return {"positions": 0.0}
+    if positions == 0:  # every key always, so ranks reduce the same list
+        return dict.fromkeys(SUPPORT_METRICS, 0.0)
     z_BTK = z_of(base.support_ids_BTK).detach()
     logz = (logz_BT if logz_BT is not None else logz_of()).detach()
     slot_BTK = base.support_mask_BTK & base.mask_BT.unsqueeze(-1)
@@ -253,27 +256,44 @@ def train_step(
     grad_accumulation: int,
     pad_id: int,
     autocast: Any = contextlib.nullcontext,
+    body: torch.nn.Module | None = None,
+    parallel: Parallel = Parallel(),  # noqa: B008 (frozen, a world of one)
 ) -> StepResult:
-    """Forward, loss, backward over `grad_accumulation` micro-batches, clip, AdamW step."""
+    """Forward, loss, backward over `grad_accumulation` micro-batches, clip, AdamW step.
+
+    Under torchrun `body` is the DDP-wrapped student and the loss, token count and metrics
+    returned are the whole world's."""
     B = len(rollouts.response_ids)
     splits = [list(range(B))[i::grad_accumulation] for i in range(grad_accumulation)]
     splits = [sorted(s) for s in splits if s]
     if cfg.variant == "sampled_token":
-        total = int(scored.token_mask_BT.sum())
+        local_total = int(scored.token_mask_BT.sum())
     else:
-        total = int(scored.support.mask_BT.sum())  # entropy filtering narrows per micro-batch
+        local_total = int(scored.support.mask_BT.sum())  # entropy filtering narrows per micro
+    total = int(parallel.all_reduce_sum([local_total])[0])
+    no_sync = getattr(body, "no_sync", contextlib.nullcontext)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum, tokens_sum = 0.0, 0
     sums: dict[str, float] = {}
-    for rows in splits:
-        loss, tokens, metrics = micro_loss(model, rollouts, scored, rows, cfg, pad_id, autocast)
-        weight = tokens / max(total, 1) if total else 1.0 / len(splits)
-        (loss * weight).backward()
+    for i, rows in enumerate(splits):
+        last = i == len(splits) - 1
+        # DDP averages gradients over ranks; scaling by the world size turns that mean back
+        # into the sum of every rank's token-weighted share.
+        with contextlib.nullcontext() if last else no_sync():
+            loss, tokens, metrics = micro_loss(
+                model, rollouts, scored, rows, cfg, pad_id, autocast, body
+            )
+            weight = tokens / max(total, 1) if total else 1.0 / (len(splits) * parallel.world_size)
+            (loss * (weight * parallel.world_size)).backward()
         loss_sum += float(loss.detach()) * weight
         tokens_sum += tokens
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + value
+        for key in SUPPORT_METRICS:
+            sums[key] = sums.get(key, 0.0) + metrics[key]
+    keys = sorted(SUPPORT_METRICS)
+    reduced = parallel.all_reduce_sum([loss_sum, tokens_sum, *(sums[k] for k in keys)])
+    loss_sum, tokens_sum = reduced[0], int(reduced[1])
+    sums = dict(zip(keys, reduced[2:], strict=True))
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     for group in optimizer.param_groups:
