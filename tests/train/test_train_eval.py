@@ -5,16 +5,18 @@ a resumed run keeps one eval per step; the CLI agrees with the loop; bad input e
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from opd_client.train.cli import main
 from opd_client.train.config_load import load_config
 from opd_client.train.evaluate import EVAL_FILE
 from opd_client.train.loop import train
-from opd_client.train.metrics import read_metrics
+from opd_client.train.metrics import TENSORBOARD_DIR, read_metrics
 
 MakeConfig = Callable[..., Path]  # the `make_config` fixture of tests/train/conftest.py
 
@@ -67,11 +69,27 @@ def test_resume_keeps_one_eval_per_step(
     )
     train(load_config(make_config(max_steps=2, checkpoint__interval=1, **common)))
     rows_before = read_metrics(tmp_path / "run", EVAL_FILE)
+    # As if killed before step 2's checkpoint: the rerun redoes step 1 from checkpoint 1.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000002")
     train(load_config(make_config(max_steps=4, checkpoint__interval=1, **common)))
     rows = read_metrics(tmp_path / "run", EVAL_FILE)
-    assert rows[: len(rows_before)] == rows_before
+    assert rows[:2] == rows_before[:2]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert all(r["eval_accuracy"] == 0.0 and r["eval_correct"] == 0 for r in rows)
+
+    # TensorBoard reads as one run too: each step once, the same values as the JSONL files.
+    board = EventAccumulator(str(tmp_path / "run" / TENSORBOARD_DIR))
+    board.Reload()
+    losses = [(e.step, e.value) for e in board.Scalars("train/loss")]
+    steps = read_metrics(tmp_path / "run")
+    assert [s for s, _ in losses] == [r["step"] for r in steps] == [0, 1, 2, 3]
+    for (_, logged), record in zip(losses, steps, strict=True):
+        assert logged == pytest.approx(record["loss"], rel=1e-6)
+    accuracy = board.Scalars("eval/eval_accuracy")
+    assert [(e.step, e.value) for e in accuracy] == [(s, 0.0) for s in range(5)]
+    assert {"train/grad_norm", "train/student_mass", "train/overlap_ratio"} <= set(
+        board.Tags()["scalars"]
+    )
 
 
 def test_eval_cli_matches_the_loop_and_plot_draws_runs(

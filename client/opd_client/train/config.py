@@ -295,6 +295,7 @@ class TrainConfig:
         1800.0, "wait this long (seconds) for a teacher that is gone, then checkpoint and exit 3"
     )
     progress: bool = _f(True, "show a tqdm progress bar on stderr")
+    tensorboard: bool = _f(True, "also write metrics and evals as TensorBoard scalars")
     client_name: str = _f(
         "",
         "this job's name in the teacher's x-opd-client metadata (its fair share and metrics "
@@ -364,6 +365,7 @@ RESUMABLE_FIELDS = (
     "eval",  # evaluation reads the model and draws from its own generator
     "max_steps",
     "progress",
+    "tensorboard",
     "torch_threads",
     "client_name",
     "teacher_unavailable_timeout_s",

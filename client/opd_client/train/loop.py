@@ -59,6 +59,7 @@ from opd_client.train.metrics import (
     MetricsWriter,
     progress_bar,
     read_metrics,
+    tensorboard_writer,
     truncate_metrics,
 )
 from opd_client.train.pipeline import (
@@ -256,12 +257,22 @@ def _run(
 
     bar = progress_bar(config.max_steps, start, config.progress and main)
     with contextlib.ExitStack() as writers:
-        # Only rank 0 writes; the others see no writers.
-        metrics = writers.enter_context(MetricsWriter(run_dir)) if main else None
-        evals = writers.enter_context(MetricsWriter(run_dir, EVAL_FILE)) if main else None
         writers.enter_context(contextlib.closing(bar))
-        done_evals = {int(r["step"]) for r in read_metrics(run_dir, EVAL_FILE)}
-        if start not in done_evals and start < config.max_steps:
+        metrics = evals = None  # only rank 0 writes
+        if main:
+            board = None
+            if config.tensorboard:
+                board = writers.enter_context(
+                    contextlib.closing(tensorboard_writer(run_dir, start))
+                )
+            metrics = writers.enter_context(MetricsWriter(run_dir, tensorboard=board))
+            evals = writers.enter_context(MetricsWriter(run_dir, EVAL_FILE, board, "eval"))
+        kept_evals = read_metrics(run_dir, EVAL_FILE)
+        if evals is not None:  # TensorBoard purged the kept eval at `start`: write it again
+            for record in kept_evals:
+                if int(record["step"]) == start:
+                    evals.mirror(record)
+        if start not in {int(r["step"]) for r in kept_evals} and start < config.max_steps:
             run_eval(start, evals)
         for step in range(start, config.max_steps):
             rng_at_start = ckpt.capture_rng()

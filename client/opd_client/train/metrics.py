@@ -6,6 +6,9 @@ mass, top-K overlap, gradient norm, the bridge's aligned fraction, mapped mass a
 positions by reason, throughput and teacher latency). The file is append-only during a
 run; on resume, lines past the checkpoint's step (work that is about to be redone) and a
 torn last line are dropped first, atomically, so the file reads as one uninterrupted run.
+Every record is also mirrored as TensorBoard scalars (`<run_dir>/tensorboard`, tags
+`train/<key>` and `eval/<key>`, nested dicts as `train/<key>/<sub>`), opened with
+`purge_step` at the resume step so TensorBoard drops the redone steps the same way.
 
 What it does not know: how the numbers are computed; the loop hands it a dict.
 """
@@ -30,13 +33,46 @@ def _clean(value: Any) -> Any:
     return value
 
 
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_writer(run_dir: Path, purge_step: int) -> Any:
+    """A SummaryWriter on `<run_dir>/tensorboard` that discards earlier events at or past
+    `purge_step` (the step a resumed run starts from)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=purge_step)
+
+
+def scalars(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The record's finite numbers as `prefix/key` (nested: `prefix/key/sub`), no step."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key == "step" or isinstance(value, bool):
+            continue
+        if isinstance(value, dict):
+            out.update(scalars(value, f"{prefix}/{key}"))
+        elif isinstance(value, int | float) and math.isfinite(value):
+            out[f"{prefix}/{key}"] = float(value)
+    return out
+
+
 class MetricsWriter:
     """`with MetricsWriter(run_dir) as m: m.write({...})` appends one line, flushed.
-    `name` picks the file (`eval.jsonl` holds the evaluations)."""
+    `name` picks the file (`eval.jsonl` holds the evaluations); with a `tensorboard`
+    SummaryWriter each record also becomes scalars tagged `tag/<key>` at its step."""
 
-    def __init__(self, run_dir: Path, name: str = METRICS_FILE) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        name: str = METRICS_FILE,
+        tensorboard: Any = None,
+        tag: str = "train",
+    ) -> None:
         self.path = Path(run_dir) / name
         self._handle: TextIO | None = None
+        self._tensorboard = tensorboard
+        self._tag = tag
 
     def __enter__(self) -> MetricsWriter:
         self._handle = self.path.open("a", encoding="utf-8")
@@ -52,6 +88,16 @@ class MetricsWriter:
             raise RuntimeError("MetricsWriter used outside 'with'")
         self._handle.write(json.dumps(_clean(record), sort_keys=True) + "\n")
         self._handle.flush()
+        if self._tensorboard is not None:
+            self.mirror(record)
+
+    def mirror(self, record: dict[str, Any]) -> None:
+        """Writes the record to TensorBoard only (an eval kept from before a resume)."""
+        if self._tensorboard is None:
+            return
+        for tag, value in scalars(record, self._tag).items():
+            self._tensorboard.add_scalar(tag, value, global_step=int(record["step"]))
+        self._tensorboard.flush()
 
 
 def read_metrics(run_dir: Path, name: str = METRICS_FILE) -> list[dict[str, Any]]:
