@@ -4,6 +4,7 @@ checkpoint that resumes exactly, and a cross-tokenizer run masks unaligned posit
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,20 +69,22 @@ def test_teacher_gone_checkpoints_and_resumes_exactly(
     config = load_config(
         make_config(run_dir=tmp_path / "gone", max_steps=4, teacher_unavailable_timeout_s=0.5)
     )
-    real = pipeline.TeacherSession.score_all
+    real = pipeline.TeacherSession.submit_all  # score_all waits on it too
     calls = {"n": 0}
 
     def flaky(self, requests):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] >= 4:  # steps 0..2 succeed, step 3 never does
-            raise _Gone()
+        if calls["n"] >= 4:  # steps 0..2 succeed (one rollout batch each), step 3 never does
+            failed: concurrent.futures.Future[object] = concurrent.futures.Future()
+            failed.set_exception(_Gone())
+            return failed
         return real(self, requests)
 
-    monkeypatch.setattr(pipeline.TeacherSession, "score_all", flaky)
+    monkeypatch.setattr(pipeline.TeacherSession, "submit_all", flaky)
     with pytest.raises(pipeline.TeacherUnavailableError, match="unavailable"):
         train(config)
     assert (tmp_path / "gone/checkpoints/step-00000003/state.json").is_file()
-    monkeypatch.setattr(pipeline.TeacherSession, "score_all", real)
+    monkeypatch.setattr(pipeline.TeacherSession, "submit_all", real)
     result = train(config)
     assert result.start_step == 3 and result.steps_done == 1
     got = [r["loss"] for r in read_metrics(tmp_path / "gone")]
@@ -148,3 +151,44 @@ def test_cross_tokenizer_run_masks_unaligned(
             unaligned += int((plan.row_T < 0).sum())
     assert unaligned > 0
     assert rows[0]["aligned_fraction"] < 1.0 and rows[0]["masked_by_reason"]
+
+
+def test_overlapped_scoring_gives_the_sequential_run(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rollout batches a step: batch 2 is generated while batch 1 is scored. The tokens,
+    losses and parameters are those of a run that samples everything, then scores; a batch
+    whose answer fails while in flight is scored again with the long wait."""
+    common = dict(max_steps=3, rollout__batch_size=2, checkpoint__interval=3)
+    sequential = load_config(
+        make_config(run_dir=tmp_path / "seq", rollout__overlap_scoring=False, **common)
+    )
+    overlapped = load_config(make_config(run_dir=tmp_path / "ovl", **common))
+    assert overlapped.rollout.overlap_scoring
+    real = pipeline.TeacherSession.submit_all
+    sent: list[int] = []
+    fail_call = {"n": 0}  # the call that fails; 0: none
+
+    def recording(self, requests):  # type: ignore[no-untyped-def]
+        sent.append(len(requests))
+        if len(sent) == fail_call["n"]:
+            failed: concurrent.futures.Future[object] = concurrent.futures.Future()
+            failed.set_exception(_Gone())
+            return failed
+        return real(self, requests)
+
+    monkeypatch.setattr(pipeline.TeacherSession, "submit_all", recording)
+    one = train(sequential)
+    assert sent == [4, 4, 4]  # one stream a step, all four requests on it
+    sent.clear()
+    fail_call["n"] = 3  # step 1's first batch fails in flight
+    two = train(overlapped)
+    assert sent == [2, 2, 2, 2, 2, 2, 2]  # two batches a step, step 1's first one twice
+    assert two.losses == pytest.approx(one.losses, abs=1e-6)
+    a = _weights(tmp_path / "seq/checkpoints/step-00000003/model")
+    b = _weights(tmp_path / "ovl/checkpoints/step-00000003/model")
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=0, atol=1e-6, msg=name)
+    records = read_metrics(tmp_path / "ovl")
+    assert all(r["teacher_blocked_s"] >= 0 for r in records)
+    assert records[1]["teacher_wait_s"] == 0.0  # the SDK-level retry needed no long wait

@@ -154,6 +154,11 @@ class RolloutConfig:
     max_new_tokens: int = _f(256, "response length cap in student tokens, >= 1")
     samples_per_prompt: int = _f(1, "responses sampled per prompt, >= 1")
     batch_size: int = _f(64, "sequences per generate call, >= 1")
+    overlap_scoring: bool = _f(
+        True,
+        "send each batch of batch_size rollouts to the teacher while the next one is "
+        "generated (one batch ahead, same parameters: the tokens and losses do not change)",
+    )
 
     def __post_init__(self) -> None:
         require(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
@@ -371,6 +376,7 @@ RESUMABLE_FIELDS = (
     "teacher_unavailable_timeout_s",
     "checkpoint.interval",
     "checkpoint.keep_last",
+    "rollout.overlap_scoring",
     "teachers.*.address",
     "teachers.*.auth_token_file",
     "teachers.*.timeout_s",

@@ -62,14 +62,14 @@ from opd_client.train.metrics import (
     tensorboard_writer,
     truncate_metrics,
 )
+from opd_client.train.overlap import rollout_and_score
 from opd_client.train.pipeline import (
     TeacherSession,
     TeacherUnavailableError,
     assemble,
     plan_requests,
-    score_with_wait,
 )
-from opd_client.train.rollout import SamplingKey, load_prompts, prompt_order, sample_rollouts
+from opd_client.train.rollout import SamplingKey, load_prompts, prompt_order
 from opd_client.train.startup import (
     auth_token,
     check_resume,
@@ -255,6 +255,16 @@ def _run(
         result.evals.append(record)
         logger.info("eval at step %d: accuracy %.3f (n=%d)", step, res.accuracy, res.n)
 
+    vocab = int(info.vocab_size)
+    plan = functools.partial(
+        plan_requests,
+        bridge,
+        records,
+        top_k=config.teacher.top_k,
+        want_token_logprobs=want_token_lp,
+        student_topk_extra=loss_cfg.support == "student_topk",
+        teacher_vocab=vocab,
+    )
     bar = progress_bar(config.max_steps, start, config.progress and main)
     with contextlib.ExitStack() as writers:
         writers.enter_context(contextlib.closing(bar))
@@ -279,31 +289,19 @@ def _run(
             order = prompt_order(len(records), config.seed, position, config.prompts_per_step)
             mine = parallel.shard(order)
             first = parallel.rank * len(mine) * config.rollout.samples_per_prompt
-            t0 = time.perf_counter()
-            rollouts = sample_rollouts(
-                model,
-                [prompt_ids[i] for i in mine],
-                mine,
-                config.rollout,
-                stop_ids,
-                pad_id,
-                config.teacher.top_k,
-                key=SamplingKey(config.seed, step, first),
-            )
-            t1 = time.perf_counter()
-            plans, requests = plan_requests(
-                bridge,
-                records,
-                rollouts,
-                config.teacher.top_k,
-                want_token_lp,
-                loss_cfg.support == "student_topk",
-                int(info.vocab_size),
-            )
             gone: TeacherUnavailableError | None = None
             try:
-                (outputs, latencies), waited = score_with_wait(
-                    functools.partial(session.score_all, requests),
+                step_data = rollout_and_score(
+                    model,
+                    [prompt_ids[i] for i in mine],
+                    mine,
+                    config.rollout,
+                    stop_ids,
+                    pad_id,
+                    config.teacher.top_k,
+                    SamplingKey(config.seed, step, first),
+                    plan,
+                    session,
                     config.teacher_unavailable_timeout_s,
                 )
             except TeacherUnavailableError as err:
@@ -311,8 +309,11 @@ def _run(
             if parallel.any(gone is not None):  # every rank stops at the same step
                 save(step, rng_at_start, position)
                 raise gone or TeacherUnavailableError("another rank's teacher stayed unavailable")
+            rollouts, latencies = step_data.rollouts, step_data.latencies_s
             t2 = time.perf_counter()
-            scored = assemble(bridge, plans, outputs, rollouts, latencies, int(info.vocab_size))
+            scored = assemble(
+                bridge, step_data.plans, step_data.outputs, rollouts, latencies, vocab
+            )
             out = train_step(
                 model,
                 optimizer,
@@ -343,11 +344,12 @@ def _run(
                 "mapped_mass_fraction": stats["mapped_mass_fraction"],
                 "masked_by_reason": stats["masked_by_reason"],
                 "rollout_len_mean": rollouts.num_tokens / max(len(rollouts.response_ids), 1),
-                "rollout_tokens_per_s": rollouts.num_tokens / max(t1 - t0, 1e-9),
-                "scoring_tokens_per_s": scored.teacher_tokens / max(t2 - t1, 1e-9),
+                "rollout_tokens_per_s": rollouts.num_tokens / max(step_data.generate_s, 1e-9),
+                "scoring_tokens_per_s": scored.teacher_tokens / max(step_data.scoring_s, 1e-9),
                 "train_tokens_per_s": rollouts.num_tokens / max(t3 - t2, 1e-9),
                 "teacher_latency_s": sum(latencies) / max(len(latencies), 1),
-                "teacher_wait_s": waited,
+                "teacher_blocked_s": step_data.blocked_s,
+                "teacher_wait_s": step_data.waited_s,
                 "data_position": position,
             }
             if metrics is not None:

@@ -12,13 +12,14 @@ on a fresh stream with back-off until `teacher_unavailable_timeout_s`, then rais
 `TeacherSession` runs the async `TeacherClient` on an event loop in a background thread,
 so the (synchronous) torch loop calls it like a function.
 
-What it does not know: models, optimisers, checkpoints. Overlapping rollout n+1 with the
-scoring of n is not done yet (the loop scores, then trains).
+What it does not know: models, optimisers, checkpoints. Overlapping the scoring of one
+rollout batch with the generation of the next is `overlap.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -101,6 +102,12 @@ class TeacherSession:
     ) -> tuple[list[ScoreOutput], list[float]]:
         """All requests on one stream, all in flight; answers in request order, and the
         latency of each in seconds."""
+        return self.submit_all(requests).result()
+
+    def submit_all(
+        self, requests: Sequence[dict[str, Any]]
+    ) -> concurrent.futures.Future[tuple[list[ScoreOutput], list[float]]]:
+        """`score_all` without waiting: the future holds its answer (or its error)."""
 
         async def go() -> tuple[list[ScoreOutput], list[float]]:
             loop = asyncio.get_running_loop()
@@ -116,10 +123,10 @@ class TeacherSession:
                     latencies.append(loop.time() - started)
                 return outputs, latencies
 
-        return self.run(go())
+        return asyncio.run_coroutine_threadsafe(go(), self._loop)
 
 
-def _is_transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         return error.code() in _WAIT_CODES
     return isinstance(error, RuntimeError | asyncio.CancelledError | ConnectionError)
@@ -146,7 +153,7 @@ def score_with_wait(
                 logger.warning("teacher is back after %.0f s; carrying on", waited)
             return result, waited
         except Exception as error:
-            if not _is_transient(error):
+            if not is_transient(error):
                 raise
             now = clock()
             first_failure = now if first_failure is None else first_failure

@@ -284,3 +284,31 @@ def sample_rollouts(
             old_BT[b, :n] = logps[b][:n]
             topk_BTK[b, :n] = topks[b][:n]
     return RolloutBatch(seqs, responses, ids_BT, mask_BT, old_BT, topk_BTK, index)
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One RolloutBatch from several, in order, right-padded to the longest response."""
+    B = sum(len(b.response_ids) for b in batches)
+    T = max([b.response_ids_BT.shape[1] for b in batches] + [1])
+    K = batches[0].student_topk_ids_BTK.shape[-1]
+    ids_BT = torch.full((B, T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((B, T), dtype=torch.bool)
+    old_BT = torch.zeros((B, T), dtype=torch.float32)
+    topk_BTK = torch.zeros((B, T, K), dtype=torch.long)
+    row = 0
+    for batch in batches:
+        n, t = batch.response_ids_BT.shape
+        ids_BT[row : row + n, :t] = batch.response_ids_BT
+        mask_BT[row : row + n, :t] = batch.response_mask_BT
+        old_BT[row : row + n, :t] = batch.old_logprobs_BT
+        topk_BTK[row : row + n, :t] = batch.student_topk_ids_BTK
+        row += n
+    return RolloutBatch(
+        [p for b in batches for p in b.prompt_ids],
+        [r for b in batches for r in b.response_ids],
+        ids_BT,
+        mask_BT,
+        old_BT,
+        topk_BTK,
+        [i for b in batches for i in b.prompt_index],
+    )
