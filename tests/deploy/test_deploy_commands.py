@@ -239,8 +239,8 @@ def test_compose_commands_parse_and_agree(
     assert len(parsed.trainer) == 2
     for line, config in parsed.trainer:
         name = line.origin.split()[2]
-        assert config.teacher.address == (expected_teacher,), name
-        assert config.teacher.auth_token_file == "/run/secrets/opd_token", name
+        assert config.teachers[0].address == (expected_teacher,), name
+        assert config.teachers[0].auth_token_file == "/run/secrets/opd_token", name
         assert config.checkpoint_dir == Path("/checkpoints"), name
         assert services[name]["environment"]["OPD_TEACHER"] == expected_teacher
     students = {config.student for _, config in parsed.trainer}
@@ -289,7 +289,7 @@ def test_k8s_commands_parse_and_agree(
     gateway_container = find(objects, "Deployment", "opd-gateway")["spec"]["template"]["spec"]
     assert gateway_container["containers"][0]["ports"][0]["containerPort"] == gateway.port
     ((_, trainer),) = parsed.trainer
-    assert trainer.teacher.address == (expected,)
-    assert trainer.teacher.auth_token_file == token_path("Job", "opd-trainer-example")
+    assert trainer.teachers[0].address == (expected,)
+    assert trainer.teachers[0].auth_token_file == token_path("Job", "opd-trainer-example")
     assert str(trainer.checkpoint_dir).startswith("/data/")  # the job's own PVC
     assert Path(trainer.run_dir).parent == Path("/data")

@@ -23,7 +23,7 @@ def test_demo_config_is_the_papers_recipe(tmp_path: Path) -> None:
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)
-    assert config.teacher.top_k == 32
+    assert config.teachers[0].top_k == 32
     assert config.loss.variant == "lsm" and config.loss.support == "teacher_topk"
     assert config.loss.renormalize in (None, True)
     assert config.rollout.top_p == 0.9 and config.rollout.temperature == 1.0

@@ -23,6 +23,7 @@ from opd_client.losses import (
     sampled_token_opd,
     stopgrad_truncated_rkl,
     truncated_rkl,
+    truncated_rkl_per_position,
 )
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
@@ -59,6 +60,25 @@ def test_lsm_matches_reference_in_value_and_gradient(gen: torch.Generator) -> No
     torch.testing.assert_close(loss, ref_loss, **TIGHT)
     torch.testing.assert_close(grad, ref_grad, **TIGHT)
     assert loss > 0
+
+
+def test_per_position_lsm_matches_the_reference_position_by_position(
+    gen: torch.Generator,
+) -> None:
+    z, batch = random_batch(gen, b=3, t=6, k=5, v=13)
+    loss_BT = truncated_rkl_per_position(z, batch)
+    assert loss_BT.shape == batch.mask_BT.shape
+    assert not loss_BT[~batch.mask_BT].any()  # masked positions hold 0, not poison
+    for b in range(3):
+        for t in range(6):
+            if batch.mask_BT[b, t]:
+                one = torch.zeros_like(batch.mask_BT)
+                one[b, t] = True
+                ref = ref_truncated_rkl(z, batch.teacher_logprobs_BTK, batch.support_mask_BTK, one)
+                torch.testing.assert_close(loss_BT[b, t], ref, **TIGHT)
+    torch.testing.assert_close(
+        loss_BT.sum() / batch.mask_BT.sum(), truncated_rkl(z, batch), **TIGHT
+    )
 
 
 def test_lsm_of_identical_student_and_teacher_is_zero_with_zero_gradient(

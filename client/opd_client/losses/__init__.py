@@ -31,7 +31,11 @@ from opd_client.losses.support import (
     teacher_topk_support,
     teacher_topk_with_sampled_support,
 )
-from opd_client.losses.truncated import stopgrad_truncated_rkl, truncated_rkl
+from opd_client.losses.truncated import (
+    stopgrad_truncated_rkl,
+    truncated_rkl,
+    truncated_rkl_per_position,
+)
 
 __all__ = [
     "SupportBatch",
@@ -53,4 +57,5 @@ __all__ = [
     "teacher_topk_with_sampled_support",
     "token_mean",
     "truncated_rkl",
+    "truncated_rkl_per_position",
 ]

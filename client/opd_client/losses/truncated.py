@@ -96,12 +96,30 @@ def truncated_rkl(
         A scalar in float32 (float64 if the inputs are); 0 with zero gradients when every
         position is masked. Masked slots and positions contribute nothing.
     """
+    loss_BT = truncated_rkl_per_position(student_logits_BTK, batch, renormalize, student_logz_BT)
+    return token_mean(loss_BT, batch.mask_BT)
+
+
+def truncated_rkl_per_position(
+    student_logits_BTK: Tensor,
+    batch: SupportBatch,
+    renormalize: bool = True,
+    student_logz_BT: Tensor | None = None,
+) -> Tensor:
+    """ℓ_t of `truncated_rkl` at every position, before the token-mean: [B, T].
+
+        ℓ_t = Σ_{v∈S_t} π̂(v) (log π̂(v) − log q̂(v))      (π, q with renormalize=False)
+
+    Masked positions hold 0. Summing a row gives that response's share of the loss (the
+    trainer's per-teacher and per-task metrics group rows this way); `token_mean` of it
+    is `truncated_rkl`.
+    """
     logp_BTK, logq_BTK, mask_BTK = _student_teacher_logp(
         student_logits_BTK, batch, renormalize, student_logz_BT
     )
     p_BTK = masked_probs(logp_BTK, mask_BTK)
     loss_BT = (p_BTK * (logp_BTK - logq_BTK)).sum(-1)
-    return token_mean(loss_BT, batch.mask_BT)
+    return torch.where(batch.mask_BT, loss_BT, loss_BT.new_zeros(()))
 
 
 def stopgrad_truncated_rkl(

@@ -43,12 +43,19 @@ def require(ok: bool, name: str, message: str) -> None:
 class TeacherConfig:
     """One teacher service (one or several replicas of the same model)."""
 
+    name: str = _f("teacher", "unique name of this teacher (metrics, routing, checkpoints)")
     address: tuple[str, ...] = _f((), "HOST:PORT of each replica (a string 'a:1,b:2' or a list)")
     auth_token_file: str | None = _f(None, "file holding the bearer token; null: no auth")
     top_k: int = _f(32, "K, the teacher's top-K per position, 1..the teacher's max_top_k")
     timeout_s: float = _f(60.0, "deadline of one teacher call in seconds, > 0")
+    tasks: tuple[str, ...] = _f(
+        (), "the prompts' `task` values this teacher scores (the routing table), e.g. [math]"
+    )
+    weight: float = _f(1.0, "weight of this teacher's responses in the token-mean loss, > 0")
 
     def __post_init__(self) -> None:
+        require(bool(self.name.strip()), "name", "must not be empty")
+        require(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
         require(len(self.address) > 0, "address", "at least one HOST:PORT is required")
         for a in self.address:
             host, _, port = a.rpartition(":")
@@ -306,15 +313,21 @@ class TrainConfig:
         "this job's name in the teacher's x-opd-client metadata (its fair share and metrics "
         "are per client); empty: opd-train:<name of run_dir>",
     )
+    default_teacher: str = _f(
+        "",
+        "the teacher of prompts whose task no teacher lists (and of prompts without a task); "
+        "empty: the only teacher when there is one, otherwise such a prompt is an error",
+    )
+    requeue_after_s: float = _f(
+        60.0,
+        "several teachers: how long a step waits for one that stopped answering before its "
+        "prompts are put back in the queue (the other teachers' responses train meanwhile), > 0",
+    )
 
     def __post_init__(self) -> None:
         for name in ("student", "prompts", "run_dir"):
             require(bool(getattr(self, name)), name, "required")
-        require(
-            len(self.teachers) == 1,
-            "teachers",
-            f"exactly one teacher is supported for now, got {len(self.teachers)}",
-        )
+        self._check_teachers()
         require(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -343,9 +356,43 @@ class TrainConfig:
         if self.loss.support == "student_topk" and self.loss.variant == "sampled_token":
             raise ConfigError("loss.support: sampled_token uses no support; leave teacher_topk")
 
-    @property
-    def teacher(self) -> TeacherConfig:
-        return self.teachers[0]
+    def _check_teachers(self) -> None:
+        require(len(self.teachers) >= 1, "teachers", "at least one teacher is required")
+        names = [t.name for t in self.teachers]
+        for i, name in enumerate(names):
+            require(
+                name not in names[:i],
+                f"teachers[{i}].name",
+                f"two teachers are named {name!r}; give each its own name",
+            )
+        owner: dict[str, str] = {}
+        for i, t in enumerate(self.teachers):
+            for task in t.tasks:
+                require(
+                    task not in owner,
+                    f"teachers[{i}].tasks",
+                    f"task {task!r} is already routed to teacher {owner.get(task)!r}",
+                )
+                owner[task] = t.name
+        require(
+            not self.default_teacher or self.default_teacher in names,
+            "default_teacher",
+            f"{self.default_teacher!r} is not one of the teachers {names}",
+        )
+        require(
+            self.requeue_after_s > 0,
+            "requeue_after_s",
+            f"must be > 0, got {self.requeue_after_s}",
+        )
+
+    def teacher_for(self, task: str | None) -> int | None:
+        """Index of the teacher that scores prompts of `task`, or None when none does."""
+        for i, t in enumerate(self.teachers):
+            if task is not None and task in t.tasks:
+                return i
+        if self.default_teacher:
+            return [t.name for t in self.teachers].index(self.default_teacher)
+        return 0 if len(self.teachers) == 1 else None
 
     @property
     def teacher_client_name(self) -> str:
@@ -380,4 +427,5 @@ RESUMABLE_FIELDS = (
     "teachers.*.address",
     "teachers.*.auth_token_file",
     "teachers.*.timeout_s",
+    "requeue_after_s",
 )

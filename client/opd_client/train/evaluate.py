@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,22 +104,29 @@ def generate_ids(
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Accuracy over `n` prompts, with the mean response length in tokens."""
+    """Accuracy over `n` prompts, with the mean response length in tokens; `by_task`:
+    task -> (correct, n) for the prompts that name a task."""
 
     accuracy: float
     n: int
     correct: int
     response_len_mean: float
     samples: tuple[tuple[str, str, bool], ...]  # (answer, response, correct) of the first few
+    by_task: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_record(self, step: int) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "step": step,
             "eval_accuracy": self.accuracy,
             "eval_n": self.n,
             "eval_correct": self.correct,
             "eval_response_len_mean": self.response_len_mean,
         }
+        if self.by_task:
+            record["eval_accuracy_by_task"] = {
+                task: correct / n for task, (correct, n) in sorted(self.by_task.items())
+            }
+        return record
 
 
 def evaluate(
@@ -133,8 +140,10 @@ def evaluate(
     cfg: EvalConfig,
     top_p: float,
     verifier: Verifier,
+    tasks: Sequence[str | None] | None = None,
 ) -> EvalResult:
-    """Generates one response per prompt (`cfg.decoding`) and counts the verifier's yes."""
+    """Generates one response per prompt (`cfg.decoding`) and counts the verifier's yes,
+    overall and per task when `tasks` (one per prompt, None for none) is given."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_EVAL_SEED)
         responses_ids = generate_ids(
@@ -149,12 +158,18 @@ def evaluate(
     texts = [tokenizer.decode(r, skip_special_tokens=False) for r in responses_ids]
     verdicts = [bool(verifier(p, t, a)) for p, t, a in zip(prompts, texts, answers, strict=True)]
     n = len(verdicts)
+    by_task: dict[str, tuple[int, int]] = {}
+    for task, ok in zip(tasks or [None] * n, verdicts, strict=True):
+        if task is not None:
+            correct, seen = by_task.get(task, (0, 0))
+            by_task[task] = (correct + int(ok), seen + 1)
     return EvalResult(
         accuracy=sum(verdicts) / n if n else 0.0,
         n=n,
         correct=sum(verdicts),
         response_len_mean=sum(len(r) for r in responses_ids) / max(n, 1),
         samples=tuple(zip(answers[:5], texts[:5], verdicts[:5], strict=True)),
+        by_task=by_task,
     )
 
 

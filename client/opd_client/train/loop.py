@@ -14,8 +14,14 @@ step. If the teacher stays unavailable past `teacher_unavailable_timeout_s`, the
 checkpoints the state of the start of the step it could not finish and raises
 `TeacherUnavailableError` (exit 3).
 
+Several teachers (`teachers.py`): every prompt is routed to one; each teacher scores its
+own responses on its own stream, with its own tokenizer bridge; the loss is the token-mean
+over all responses with per-teacher weights, and metrics come per teacher and per task.
+A teacher that stops answering while others answer delays only its own prompts: they go
+back in a queue (part of the checkpointed data state) and are taken first next step.
+
 Under torchrun (`distributed.py`) every rank runs this loop on its shard of each step's
-prompts with its own teacher stream; the student body is wrapped in DDP, rank 0 alone
+prompts with its own teacher streams; the student body is wrapped in DDP, rank 0 alone
 writes, and at the end the ranks compare parameter digests (`ranks.json`).
 
 What it does not know: the maths of the losses (opd_client.losses), alignment
@@ -25,10 +31,8 @@ What it does not know: the maths of the losses (opd_client.losses), alignment
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import Any
 import torch
 import yaml
 
-from opd_client.align import AlignConfig, TokenizerBridge, TokenizerSide
+from opd_client.align import TokenizerSide
 from opd_client.align.errors import AlignError
 from opd_client.train import checkpoint as ckpt
 from opd_client.train.config import ConfigError, TrainConfig
@@ -62,23 +66,13 @@ from opd_client.train.metrics import (
     tensorboard_writer,
     truncate_metrics,
 )
-from opd_client.train.overlap import rollout_and_score
-from opd_client.train.pipeline import (
-    TeacherSession,
-    TeacherUnavailableError,
-    assemble,
-    plan_requests,
-)
-from opd_client.train.rollout import SamplingKey, load_prompts, prompt_order
-from opd_client.train.startup import (
-    auth_token,
-    check_resume,
-    check_teacher,
-    connect,
-    load_student,
-    render_prompts,
-)
+from opd_client.train.overlap import TeacherOutages, rollout_and_score
+from opd_client.train.pipeline import TeacherUnavailableError, assemble
+from opd_client.train.rollout import PromptRecord, SamplingKey, load_prompts, prompt_order
+from opd_client.train.startup import check_resume, load_student, render_prompts
 from opd_client.train.step import lr_at, train_step
+from opd_client.train.step_metrics import row_groups, step_record
+from opd_client.train.teachers import TeacherLink, open_teachers, route_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +97,7 @@ def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
     _check_world(config, parallel)
     device = parallel.device(config.device)
     records = load_prompts(config.prompts)
+    routes = route_prompts(config, records, Path(config.prompts).name)
     saved = ckpt.find_latest(config.checkpoint_dir)
     student_dir = Path(config.student)
     try:
@@ -110,34 +105,19 @@ def train(config: TrainConfig, allow_teacher_change: bool = False) -> RunResult:
     except AlignError as err:
         raise ConfigError(f"student: {err}") from None
     model = load_student(saved.model_dir if saved else student_dir, device)
-    session, info = connect(config, auth_token(config))
     with contextlib.ExitStack() as stack:
-        stack.push(lambda *exc: session.__exit__(*exc))
+        links = open_teachers(config, student_side, records, stack)
         # Past the teacher wait, so a rank waiting for its teacher never times the others out.
         stack.enter_context(
             process_group(parallel, device, config.teacher_unavailable_timeout_s + 600)
         )
-        with tempfile.TemporaryDirectory(prefix="opd-teacher-tok-") as tok_dir:
-            try:
-                session.save_tokenizer(Path(tok_dir))
-                teacher_side = TokenizerSide.load(tok_dir)
-            except AlignError as err:
-                raise ConfigError(f"teacher tokenizer: {err}") from None
-        roles = {s.role: int(s.id) for s in info.special_tokens}
-        align = AlignConfig(
-            special_policy=config.masking.special_policy,
-            prefix_fallback=config.masking.prefix_fallback,
-            on_lossy=config.masking.on_lossy,
-        )
-        bridge = TokenizerBridge(student_side, teacher_side, align, teacher_roles=roles)
-        check_teacher(config, info, bridge)
-        prompt_ids = render_prompts(config, records, bridge, model, info)
-        eval_set = load_eval_set(config, bridge.student.render_prompt)
+        prompt_ids = render_prompts(config, records, routes, links, model)
+        eval_set = load_eval_set(config, student_side.render_prompt)
         if saved is not None:
-            check_resume(config, saved, info.fingerprint, allow_teacher_change)
-        return _run(
-            config, model, bridge, session, info, records, prompt_ids, saved, eval_set, parallel
-        )
+            fingerprints = {link.name: link.fingerprint for link in links}
+            check_resume(config, saved, fingerprints, allow_teacher_change)
+        job = _Job(config, model, links, records, routes, prompt_ids, eval_set, parallel)
+        return job.run(saved)
 
 
 def _check_world(config: TrainConfig, parallel: Parallel) -> None:
@@ -155,217 +135,246 @@ def _check_world(config: TrainConfig, parallel: Parallel) -> None:
         )
 
 
-def _run(
-    config: TrainConfig,
-    model: Any,
-    bridge: TokenizerBridge,
-    session: TeacherSession,
-    info: Any,
-    records: list[Any],
-    prompt_ids: list[list[int]],
-    saved: ckpt.Checkpoint | None,
-    eval_set: EvalSet | None = None,
-    parallel: Parallel = Parallel(),  # noqa: B008 (frozen, a world of one)
-) -> RunResult:
-    """Everything after validation: from here on the run directory is written (by rank 0)."""
-    run_dir, ckpt_dir = Path(config.run_dir), config.checkpoint_dir
-    main = parallel.is_main
-    resolved = config_to_dict(config)
-    start = saved.step if saved is not None else 0
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_partial(ckpt_dir)
-        ckpt.write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        truncate_metrics(run_dir, start)
-        truncate_metrics(run_dir, start + 1, EVAL_FILE)  # the eval at `start` is still valid
-    parallel.barrier()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    body = data_parallel(model, parallel)
-    o = config.optim
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-    )
-    start, position = 0, 0
-    torch.manual_seed(config.seed)
-    if saved is not None:
-        ckpt.load_optimizer(optimizer, saved.path)
-        ckpt.restore_rng(ckpt.load_rng(saved.path))
-        start, position = saved.step, int(saved.state["data_position"])
-        logger.info("resuming from %s (step %d)", saved.path, start)
-    hf_tok = bridge.student.hf
-    pad_id = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else hf_tok.eos_token_id
-    stop_ids = stop_ids_for(bridge.student_roles, hf_tok)
-    result = RunResult(run_dir, start, 0, teacher_fingerprint=info.fingerprint)
-    result.last_checkpoint = saved.path if saved else None
-    cast = (
-        (lambda: torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16))
-        if config.precision == "bf16"
-        else contextlib.nullcontext
-    )
-    loss_cfg = config.loss
-    want_token_lp = loss_cfg.variant == "sampled_token" or (
-        loss_cfg.support == "teacher_topk_plus_sampled"
-    )
+@dataclass
+class _DataState:
+    """Where the run is in its prompt stream: `position` fresh prompts consumed so far and
+    `queue`, prompts (file indices) whose teacher did not answer, taken first next step."""
 
-    def save(step: int, rng: dict[str, torch.Tensor], data_position: int) -> None:
-        existing = ckpt_dir / f"{ckpt.STEP_PREFIX}{step:08d}"
-        if main:
-            write(step, rng, data_position, existing)
-        parallel.barrier()  # no rank reads `latest` before the checkpoint is complete
-        result.last_checkpoint = existing
+    position: int = 0
+    queue: list[int] = field(default_factory=list)
 
-    def write(step: int, rng: dict[str, torch.Tensor], data_position: int, existing: Path) -> None:
-        if (existing / "state.json").is_file():  # the state of a step is always the same
-            return
-        state = {
-            "data_position": data_position,
-            "config": resolved,
-            "teacher_fingerprint": info.fingerprint,
-            "teacher_model": info.model,
-        }
-        ckpt.save_checkpoint(
-            ckpt_dir,
-            step=step,
-            model=model,
-            tokenizer=hf_tok,
-            optimizer=optimizer,
-            rng=rng,
-            state=state,
-            keep_last=config.checkpoint.keep_last,
+    def next_prompts(self, config: TrainConfig, num_prompts: int) -> list[int]:
+        """The step's prompts (queued ones first); advances the state past them."""
+        taken, self.queue = (
+            self.queue[: config.prompts_per_step],
+            self.queue[config.prompts_per_step :],
         )
+        fresh = config.prompts_per_step - len(taken)
+        order = taken + prompt_order(num_prompts, config.seed, self.position, fresh)
+        self.position += fresh
+        return order
 
-    def run_eval(step: int, evals: MetricsWriter | None) -> None:
-        if eval_set is None or evals is None:
+
+class _Job:
+    """Everything after validation: from here on the run directory is written (by rank 0)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Any,
+        links: list[TeacherLink],
+        records: list[PromptRecord],
+        routes: list[int],
+        prompt_ids: list[list[int]],
+        eval_set: EvalSet | None,
+        parallel: Parallel,
+    ) -> None:
+        self.config, self.model, self.links = config, model, links
+        self.records, self.routes, self.prompt_ids = records, routes, prompt_ids
+        self.eval_set, self.parallel = eval_set, parallel
+        self.run_dir, self.ckpt_dir = Path(config.run_dir), config.checkpoint_dir
+        self.resolved = config_to_dict(config)
+        student = links[0].bridge  # every bridge shares the student side
+        self.hf_tok = student.student.hf
+        tok = self.hf_tok
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.stop_ids = stop_ids_for(student.student_roles, tok)
+        self.tasks = sorted({r.task for r in records if r.task is not None})
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.result = RunResult(self.run_dir, 0, 0, teacher_fingerprint=links[0].fingerprint)
+
+    def save(self, step: int, rng: dict[str, torch.Tensor], data: _DataState) -> None:
+        path = self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:08d}"
+        # The state of a step is always the same, so an existing one is kept.
+        if self.parallel.is_main and not (path / "state.json").is_file():
+            assert self.optimizer is not None
+            state = {
+                "data_position": data.position,
+                "requeued": list(data.queue),
+                "config": self.resolved,
+                "teacher_fingerprint": self.links[0].fingerprint,
+                "teacher_fingerprints": {link.name: link.fingerprint for link in self.links},
+                "teacher_model": self.links[0].info.model,
+            }
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                step=step,
+                model=self.model,
+                tokenizer=self.hf_tok,
+                optimizer=self.optimizer,
+                rng=rng,
+                state=state,
+                keep_last=self.config.checkpoint.keep_last,
+            )
+        self.parallel.barrier()  # no rank reads the checkpoint before it is complete
+        self.result.last_checkpoint = path
+
+    def run_eval(self, step: int, evals: MetricsWriter | None) -> None:
+        if self.eval_set is None or evals is None:
             return
+        records = self.eval_set.records
         res = evaluate(
-            model,
-            hf_tok,
-            [r.prompt for r in eval_set.records],
-            [str(r.answer) for r in eval_set.records],
-            eval_set.prompt_ids,
-            stop_ids,
-            pad_id,
-            config.eval,
-            config.rollout.top_p,
-            eval_set.verifier,
+            self.model,
+            self.hf_tok,
+            [r.prompt for r in records],
+            [str(r.answer) for r in records],
+            self.eval_set.prompt_ids,
+            self.stop_ids,
+            self.pad_id,
+            self.config.eval,
+            self.config.rollout.top_p,
+            self.eval_set.verifier,
+            tasks=[r.task for r in records],
         )
         record = res.to_record(step)
         evals.write(record)
-        result.evals.append(record)
+        self.result.evals.append(record)
         logger.info("eval at step %d: accuracy %.3f (n=%d)", step, res.accuracy, res.n)
 
-    vocab = int(info.vocab_size)
-    plan = functools.partial(
-        plan_requests,
-        bridge,
-        records,
-        top_k=config.teacher.top_k,
-        want_token_logprobs=want_token_lp,
-        student_topk_extra=loss_cfg.support == "student_topk",
-        teacher_vocab=vocab,
-    )
-    bar = progress_bar(config.max_steps, start, config.progress and main)
-    with contextlib.ExitStack() as writers:
-        writers.enter_context(contextlib.closing(bar))
-        metrics = evals = None  # only rank 0 writes
-        if main:
-            board = None
-            if config.tensorboard:
-                board = writers.enter_context(
-                    contextlib.closing(tensorboard_writer(run_dir, start))
+    def run(self, saved: ckpt.Checkpoint | None) -> RunResult:
+        config, parallel, model = self.config, self.parallel, self.model
+        start = saved.step if saved is not None else 0
+        if parallel.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_partial(self.ckpt_dir)
+            text = yaml.safe_dump(self.resolved, sort_keys=False)
+            ckpt.write_atomic(self.run_dir / "config.yaml", text)
+            truncate_metrics(self.run_dir, start)
+            truncate_metrics(self.run_dir, start + 1, EVAL_FILE)  # the eval at `start` stays
+        parallel.barrier()
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        body = data_parallel(model, parallel)
+        o = config.optim
+        self.optimizer = optimizer = torch.optim.AdamW(
+            model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+        data = _DataState()
+        torch.manual_seed(config.seed)
+        if saved is not None:
+            ckpt.load_optimizer(optimizer, saved.path)
+            ckpt.restore_rng(ckpt.load_rng(saved.path))
+            data = _DataState(
+                int(saved.state["data_position"]), [int(i) for i in saved.state.get("requeued", [])]
+            )
+            logger.info("resuming from %s (step %d)", saved.path, start)
+        self.result.start_step = start
+        self.result.last_checkpoint = saved.path if saved else None
+        cast = (
+            (lambda: torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16))
+            if config.precision == "bf16"
+            else contextlib.nullcontext
+        )
+        outages = TeacherOutages()
+        bar = progress_bar(config.max_steps, start, config.progress and parallel.is_main)
+        with contextlib.ExitStack() as writers:
+            metrics, evals = self._open_writers(writers, start)
+            writers.enter_context(contextlib.closing(bar))
+            for step in range(start, config.max_steps):
+                rng_at_start = ckpt.capture_rng()
+                at_start = _DataState(data.position, list(data.queue))
+                order = data.next_prompts(config, len(self.records))
+                mine = parallel.shard(order)
+                first = parallel.rank * len(mine) * config.rollout.samples_per_prompt
+                gone: TeacherUnavailableError | None = None
+                try:
+                    scored_rollouts = rollout_and_score(
+                        model,
+                        [self.prompt_ids[i] for i in mine],
+                        mine,
+                        [self.routes[i] for i in mine],
+                        config.rollout,
+                        self.stop_ids,
+                        self.pad_id,
+                        max(link.config.top_k for link in self.links),
+                        SamplingKey(config.seed, step, first),
+                        self.links,
+                        config.teacher_unavailable_timeout_s,
+                        config.requeue_after_s,
+                        outages,
+                    )
+                except TeacherUnavailableError as err:
+                    gone = err
+                if parallel.any(gone is not None):  # every rank stops at the same step
+                    self.save(step, rng_at_start, at_start)
+                    raise gone or TeacherUnavailableError("another rank's teacher stayed away")
+                requeued = [
+                    i for part in parallel.all_gather(scored_rollouts.requeued) for i in part
+                ]
+                data.queue += requeued
+                t2 = time.perf_counter()
+                rollouts = scored_rollouts.rollouts
+                scored = assemble(
+                    [self.links[t].bridge for t in scored_rollouts.teacher_B],
+                    scored_rollouts.plans,
+                    scored_rollouts.outputs,
+                    rollouts,
+                    scored_rollouts.latencies_s,
+                    [self.links[t].vocab for t in scored_rollouts.teacher_B],
                 )
-            metrics = writers.enter_context(MetricsWriter(run_dir, tensorboard=board))
-            evals = writers.enter_context(MetricsWriter(run_dir, EVAL_FILE, board, "eval"))
-        kept_evals = read_metrics(run_dir, EVAL_FILE)
+                groups = row_groups(self.links, self.records, self.tasks, scored_rollouts)
+                out = train_step(
+                    model,
+                    optimizer,
+                    rollouts,
+                    scored,
+                    config.loss,
+                    lr_at(step, config.optim, config.max_steps),
+                    config.optim.grad_clip,
+                    config.grad_accumulation,
+                    self.pad_id,
+                    cast,
+                    body,
+                    parallel,
+                    groups,
+                )
+                record = step_record(
+                    step, out, scored, scored_rollouts, self.links, groups, time.perf_counter() - t2
+                )
+                record.update(
+                    data_position=data.position, requeued=len(requeued), queued=len(data.queue)
+                )
+                if metrics is not None:
+                    metrics.write(record)
+                self.result.losses.append(out.loss)
+                self.result.steps_done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{out.loss:.4f}", gnorm=f"{out.grad_norm:.2f}")
+                done = step + 1
+                if done % config.checkpoint.interval == 0 or done == config.max_steps:
+                    self.save(done, ckpt.capture_rng(), data)
+                every = config.eval.interval
+                if (every and done % every == 0) or done == config.max_steps:
+                    self.run_eval(done, evals)
+        if data.queue:
+            logger.warning(
+                "%d queued prompts were not trained on before max_steps", len(data.queue)
+            )
+        _check_ranks_agree(model, parallel, self.run_dir)
+        return self.result
+
+    def _open_writers(
+        self, writers: contextlib.ExitStack, start: int
+    ) -> tuple[MetricsWriter | None, MetricsWriter | None]:
+        """Rank 0's metrics and eval writers (None on the others); the eval before the first
+        step when it is not there yet."""
+        metrics = evals = None
+        if self.parallel.is_main:
+            board = None
+            if self.config.tensorboard:
+                board = writers.enter_context(
+                    contextlib.closing(tensorboard_writer(self.run_dir, start))
+                )
+            metrics = writers.enter_context(MetricsWriter(self.run_dir, tensorboard=board))
+            evals = writers.enter_context(MetricsWriter(self.run_dir, EVAL_FILE, board, "eval"))
+        kept_evals = read_metrics(self.run_dir, EVAL_FILE)
         if evals is not None:  # TensorBoard purged the kept eval at `start`: write it again
             for record in kept_evals:
                 if int(record["step"]) == start:
                     evals.mirror(record)
-        if start not in {int(r["step"]) for r in kept_evals} and start < config.max_steps:
-            run_eval(start, evals)
-        for step in range(start, config.max_steps):
-            rng_at_start = ckpt.capture_rng()
-            order = prompt_order(len(records), config.seed, position, config.prompts_per_step)
-            mine = parallel.shard(order)
-            first = parallel.rank * len(mine) * config.rollout.samples_per_prompt
-            gone: TeacherUnavailableError | None = None
-            try:
-                step_data = rollout_and_score(
-                    model,
-                    [prompt_ids[i] for i in mine],
-                    mine,
-                    config.rollout,
-                    stop_ids,
-                    pad_id,
-                    config.teacher.top_k,
-                    SamplingKey(config.seed, step, first),
-                    plan,
-                    session,
-                    config.teacher_unavailable_timeout_s,
-                )
-            except TeacherUnavailableError as err:
-                gone = err
-            if parallel.any(gone is not None):  # every rank stops at the same step
-                save(step, rng_at_start, position)
-                raise gone or TeacherUnavailableError("another rank's teacher stayed unavailable")
-            rollouts, latencies = step_data.rollouts, step_data.latencies_s
-            t2 = time.perf_counter()
-            scored = assemble(
-                bridge, step_data.plans, step_data.outputs, rollouts, latencies, vocab
-            )
-            out = train_step(
-                model,
-                optimizer,
-                rollouts,
-                scored,
-                loss_cfg,
-                lr_at(step, config.optim, config.max_steps),
-                config.optim.grad_clip,
-                config.grad_accumulation,
-                pad_id,
-                cast,
-                body,
-                parallel,
-            )
-            t3 = time.perf_counter()
-            position += config.prompts_per_step
-            stats = scored.stats.to_dict()
-            record = {
-                "step": step,
-                "loss": out.loss,
-                "grad_norm": out.grad_norm,
-                "lr": out.lr,
-                "loss_tokens": out.tokens,
-                **{k: v for k, v in out.metrics.items()},
-                "aligned_fraction": stats["aligned_fraction"],
-                "kept_fraction": stats["kept_fraction"],
-                "mapped_mass_mean": stats["mapped_mass_mean"],
-                "mapped_mass_fraction": stats["mapped_mass_fraction"],
-                "masked_by_reason": stats["masked_by_reason"],
-                "rollout_len_mean": rollouts.num_tokens / max(len(rollouts.response_ids), 1),
-                "rollout_tokens_per_s": rollouts.num_tokens / max(step_data.generate_s, 1e-9),
-                "scoring_tokens_per_s": scored.teacher_tokens / max(step_data.scoring_s, 1e-9),
-                "train_tokens_per_s": rollouts.num_tokens / max(t3 - t2, 1e-9),
-                "teacher_latency_s": sum(latencies) / max(len(latencies), 1),
-                "teacher_blocked_s": step_data.blocked_s,
-                "teacher_wait_s": step_data.waited_s,
-                "data_position": position,
-            }
-            if metrics is not None:
-                metrics.write(record)
-            result.losses.append(out.loss)
-            result.steps_done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{out.loss:.4f}", gnorm=f"{out.grad_norm:.2f}")
-            done = step + 1
-            if done % config.checkpoint.interval == 0 or done == config.max_steps:
-                save(done, ckpt.capture_rng(), position)
-            every = config.eval.interval
-            if (every and done % every == 0) or done == config.max_steps:
-                run_eval(done, evals)
-    _check_ranks_agree(model, parallel, run_dir)
-    return result
+        if start not in {int(r["step"]) for r in kept_evals} and start < self.config.max_steps:
+            self.run_eval(start, evals)
+        return metrics, evals
 
 
 def _check_ranks_agree(model: Any, parallel: Parallel, run_dir: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -69,6 +70,7 @@ class TeacherSession:
         auth_token: str | None,
         client_name: str = "opd-train",
     ):
+        self.addresses = tuple(addresses)
         self._client = TeacherClient(
             list(addresses), timeout_s=timeout_s, auth_token=auth_token, client_name=client_name
         )
@@ -200,6 +202,7 @@ class ScoredBatch:
     stats: AlignStats
     latencies_s: list[float]
     teacher_tokens: int
+    row_stats: list[AlignStats] = dataclasses.field(default_factory=list)
 
 
 def plan_requests(
@@ -234,14 +237,17 @@ def plan_requests(
 
 
 def assemble(
-    bridge: TokenizerBridge,
+    bridges: Sequence[TokenizerBridge],
     plans: Sequence[AlignmentPlan],
     outputs: Sequence[ScoreOutput],
     rollouts: RolloutBatch,
     latencies_s: list[float],
-    teacher_vocab: int,
+    teacher_vocabs: Sequence[int],
 ) -> ScoredBatch:
-    """Teacher answers → SupportBatch and the sampled-token log-probs, padded to T."""
+    """Teacher answers → SupportBatch and the sampled-token log-probs, padded to T.
+
+    `bridges` and `teacher_vocabs` hold one entry per response: the bridge and vocabulary
+    size of the teacher that scored it (several teachers may share a batch)."""
     T = rollouts.response_ids_BT.shape[1]
     supports = []
     B = len(plans)
@@ -249,7 +255,9 @@ def assemble(
     extra_BTK: Tensor | None = None
     if outputs and outputs[0].extra_logprobs_PE is not None:
         extra_BTK = torch.full((B, T, rollouts.student_topk_ids_BTK.shape[-1]), float("nan"))
-    for b, (plan, out) in enumerate(zip(plans, outputs, strict=True)):
+    for b, (plan, out, bridge, teacher_vocab) in enumerate(
+        zip(plans, outputs, bridges, teacher_vocabs, strict=True)
+    ):
         support = bridge.support(plan, out.topk_ids_PK, out.topk_logprobs_PK, plan.score_from)
         supports.append(support)
         n_t = len(plan.row_T)
@@ -279,6 +287,7 @@ def assemble(
         extra_logprobs_BTK=extra_BTK,
         plans=list(plans),
         stats=AlignStats.total(s.stats for s in supports),
+        row_stats=[s.stats for s in supports],
         latencies_s=latencies_s,
         teacher_tokens=sum(len(p.teacher_ids_N) for p in plans),
     )

@@ -41,12 +41,14 @@ PromptValue = str | tuple[Mapping[str, str], ...]
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """One line of the prompts file. `prompt` is a text or chat messages."""
+    """One line of the prompts file. `prompt` is a text or chat messages; `teacher`, when
+    given, names the teacher that scores it (otherwise `task` routes it)."""
 
     prompt: PromptValue
     answer: str | None
     task: str | None
     line: int
+    teacher: str | None = None
 
 
 def load_prompts(path: str | Path) -> list[PromptRecord]:
@@ -95,10 +97,10 @@ def _record(obj: dict[str, Any], where: str, number: int) -> PromptRecord:
                 f"{where}: 'messages' must be a non-empty list of {{role, content}} strings"
             )
         prompt = tuple({"role": m["role"], "content": m["content"]} for m in msgs)
-    for key in ("answer", "task"):
+    for key in ("answer", "task", "teacher"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise ConfigError(f"{where}: '{key}' must be a string")
-    return PromptRecord(prompt, obj.get("answer"), obj.get("task"), number)
+    return PromptRecord(prompt, obj.get("answer"), obj.get("task"), number, obj.get("teacher"))
 
 
 def prompt_order(num_prompts: int, seed: int, start: int, count: int) -> list[int]:
@@ -284,6 +286,20 @@ def sample_rollouts(
             old_BT[b, :n] = logps[b][:n]
             topk_BTK[b, :n] = topks[b][:n]
     return RolloutBatch(seqs, responses, ids_BT, mask_BT, old_BT, topk_BTK, index)
+
+
+def take_rollouts(batch: RolloutBatch, rows: Sequence[int]) -> RolloutBatch:
+    """The rows `rows` of `batch`, in that order (T unchanged)."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    return RolloutBatch(
+        [batch.prompt_ids[r] for r in rows],
+        [batch.response_ids[r] for r in rows],
+        batch.response_ids_BT[index],
+        batch.response_mask_BT[index],
+        batch.old_logprobs_BT[index],
+        batch.student_topk_ids_BTK[index],
+        [batch.prompt_index[r] for r in rows],
+    )
 
 
 def concat_rollouts(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:

@@ -1,27 +1,29 @@
 """Start-up checks of a run: everything validated before anything is written.
 
 Why this module exists: a failed start must leave the run directory untouched and say
-what was wrong in one line (exit code 2). These checks need the student model, the
-teacher (reachable, `top_k` within its `max_top_k`, extra_ids when the support needs
-them), prompt lengths on both sides, and — when resuming — the checkpoint's config and
-teacher fingerprint. Each raises `ConfigError` naming the field, file line or teacher.
+what was wrong in one line (exit code 2). These checks need the student model, prompt
+lengths on the student's and each prompt's teacher's side, and — when resuming — the
+checkpoint's config and every teacher's fingerprint (the teachers themselves are checked
+as they are opened, `teachers.py`). Each raises `ConfigError` naming the field, file line
+or teacher.
 
 What it does not know: the training step, metrics or how checkpoints are written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from opd_client.align import TokenizerBridge
 from opd_client.train import checkpoint as ckpt
 from opd_client.train.config import ConfigError, TrainConfig
 from opd_client.train.config_load import config_differences, config_to_dict
-from opd_client.train.pipeline import TeacherSession
+from opd_client.train.rollout import PromptRecord
 from opd_client.train.step import lm_head_weight
+from opd_client.train.teachers import TeacherLink
 
 
 def load_student(path: Path, device: str) -> Any:
@@ -43,50 +45,11 @@ def load_student(path: Path, device: str) -> Any:
     return model.to(torch.device(device))  # type: ignore[arg-type]
 
 
-def auth_token(config: TrainConfig) -> str | None:
-    path = config.teacher.auth_token_file
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as err:
-        raise ConfigError(f"teachers[0].auth_token_file: cannot read {path}: {err}") from None
-
-
-def connect(config: TrainConfig, token: str | None) -> tuple[TeacherSession, Any]:
-    session = TeacherSession(
-        config.teacher.address,
-        timeout_s=config.teacher.timeout_s,
-        auth_token=token,
-        client_name=config.teacher_client_name,
-    )
-    session.__enter__()
-    try:
-        info = session.get_info()
-    except Exception as err:
-        session.__exit__(None, None, None)
-        detail = err.details() if hasattr(err, "details") else str(err)  # type: ignore[union-attr]
-        address = ",".join(config.teacher.address)
-        raise ConfigError(
-            f"teachers[0].address: teacher {address} unreachable ({detail})"
-        ) from None
-    return session, info
-
-
-def check_teacher(config: TrainConfig, info: Any, bridge: TokenizerBridge) -> None:
-    if config.teacher.top_k > info.max_top_k:
-        raise ConfigError(
-            f"teachers[0].top_k: {config.teacher.top_k} > the teacher's max_top_k {info.max_top_k}"
-        )
-    if config.loss.support == "student_topk":
-        if not info.supports_extra_ids:
-            raise ConfigError("loss.support: student_topk needs a teacher with extra_ids")
-        if not bridge.identity:
-            raise ConfigError("loss.support: student_topk needs the teacher's tokenizer for now")
-
-
 def check_resume(
-    config: TrainConfig, saved: ckpt.Checkpoint, fingerprint: str, allow_teacher_change: bool
+    config: TrainConfig,
+    saved: ckpt.Checkpoint,
+    fingerprints: dict[str, str],
+    allow_teacher_change: bool,
 ) -> None:
     diffs = config_differences(saved.state["config"], config_to_dict(config))
     if diffs:
@@ -94,33 +57,46 @@ def check_resume(
             f"config: differs from the checkpoint {saved.path.name}'s at {'; '.join(diffs[:4])}"
             " (use another run_dir for a different run)"
         )
-    if saved.state.get("teacher_fingerprint") != fingerprint and not allow_teacher_change:
-        raise ConfigError(
-            f"teacher: fingerprint {fingerprint[:12]} differs from the checkpoint's "
-            f"{str(saved.state.get('teacher_fingerprint'))[:12]} (another model or tokenizer); "
-            "pass --allow-teacher-change to resume anyway"
-        )
+    if allow_teacher_change:
+        return
+    saved_fps = saved.state.get("teacher_fingerprints")
+    if saved_fps is None:  # a checkpoint from before several teachers: the first one's
+        saved_fps = {next(iter(fingerprints)): saved.state.get("teacher_fingerprint")}
+    for name, fingerprint in fingerprints.items():
+        if saved_fps.get(name) != fingerprint:
+            raise ConfigError(
+                f"teacher {name}: fingerprint {fingerprint[:12]} differs from the checkpoint's "
+                f"{str(saved_fps.get(name))[:12]} (another model or tokenizer); "
+                "pass --allow-teacher-change to resume anyway"
+            )
 
 
 def render_prompts(
-    config: TrainConfig, records: list[Any], bridge: TokenizerBridge, model: Any, info: Any
+    config: TrainConfig,
+    records: Sequence[PromptRecord],
+    routes: Sequence[int],
+    links: Sequence[TeacherLink],
+    model: Any,
 ) -> list[list[int]]:
+    """Student prompt ids of every record; a record too long for the student or for its
+    teacher is a ConfigError naming the line."""
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     new = config.rollout.max_new_tokens
     out = []
-    for r in records:
-        ids = bridge.student.render_prompt(r.prompt)
-        teacher_len = len(bridge.teacher.render_prompt(r.prompt))
+    for r, route in zip(records, routes, strict=True):
+        link = links[route]
+        ids = link.bridge.student.render_prompt(r.prompt)
+        teacher_len = len(link.bridge.teacher.render_prompt(r.prompt))
         if limit and len(ids) + new > limit:
             raise ConfigError(
                 f"prompts: line {r.line}: {len(ids)} prompt tokens + rollout.max_new_tokens {new}"
                 f" > the student's max_position_embeddings {limit}"
             )
-        if info.max_sequence_length and teacher_len + new > info.max_sequence_length:
+        longest = int(link.info.max_sequence_length)
+        if longest and teacher_len + new > longest:
             raise ConfigError(
-                f"prompts: line {r.line}: {teacher_len} teacher prompt tokens + "
-                f"rollout.max_new_tokens {new} > the teacher's max_sequence_length "
-                f"{info.max_sequence_length}"
+                f"prompts: line {r.line}: {teacher_len} prompt tokens of {link.where} + "
+                f"rollout.max_new_tokens {new} > its max_sequence_length {longest}"
             )
         out.append(ids)
     return out

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ from opd_client.losses import (
     teacher_student_intersection_support,
     teacher_topk_with_sampled_support,
     truncated_rkl,
+    truncated_rkl_per_position,
 )
 from opd_client.train.config import LossConfig, OptimConfig
 from opd_client.train.distributed import HiddenStates, Parallel
@@ -54,11 +56,17 @@ from opd_client.train.rollout import RolloutBatch
 
 @dataclass
 class StepResult:
+    """One step, over the whole job: the (weighted) token-mean loss, the gradient norm
+    before clipping, metrics (means over positions, and `positions`), the same per group
+    label, and each teacher's own token-mean loss by teacher index."""
+
     loss: float
     grad_norm: float
     lr: float
     tokens: int
     metrics: dict[str, float]
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    teacher_losses: dict[int, float] = field(default_factory=dict)
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
@@ -157,8 +165,8 @@ def micro_loss(
     pad_id: int,
     autocast: Any = contextlib.nullcontext,
     body: torch.nn.Module | None = None,
-) -> tuple[Tensor, int, dict[str, float]]:
-    """(loss of these rows as a token-mean, its token count, per-micro-batch metrics).
+) -> tuple[Tensor, int, dict[str, Tensor]]:
+    """(loss of these rows as a token-mean, its token count, per-response metric sums).
 
     `body` computes the hidden states (the DDP-wrapped student under torchrun)."""
     device = lm_head_weight(model).device
@@ -223,10 +231,9 @@ def _support_metrics(
     base: SupportBatch,
     rollouts: RolloutBatch,
     rows: list[int],
-) -> dict[str, float]:
-    positions = int(base.mask_BT.sum())
-    if positions == 0:  # every key always, so ranks reduce the same list
-        return dict.fromkeys(SUPPORT_METRICS, 0.0)
+) -> dict[str, Tensor]:
+    """Per-response sums [B] of each of SUPPORT_METRICS (overlap_ratio as shared slots / K),
+    so the step can total them over any grouping of responses."""
     z_BTK = z_of(base.support_ids_BTK).detach()
     logz = (logz_BT if logz_BT is not None else logz_of()).detach()
     slot_BTK = base.support_mask_BTK & base.mask_BT.unsqueeze(-1)
@@ -237,12 +244,61 @@ def _support_metrics(
     )
     q_BTK = torch.where(shared_BTK, base.teacher_logprobs_BTK.float().exp(), 0.0)
     return {
-        "positions": float(positions),
-        "rkl_support": float(truncated_rkl(z_BTK, base)) * positions,
-        "student_mass": float(p_BTK.sum()),
-        "teacher_mass": float(q_BTK.sum()),
-        "overlap_ratio": float(shared_BTK.sum()) / base.k,
+        "positions": base.mask_BT.sum(-1).double().cpu(),
+        "rkl_support": truncated_rkl_per_position(z_BTK, base).sum(-1).double().cpu(),
+        "student_mass": p_BTK.sum((-1, -2)).double().cpu(),
+        "teacher_mass": q_BTK.sum((-1, -2)).double().cpu(),
+        "overlap_ratio": shared_BTK.sum((-1, -2)).double().cpu() / base.k,
     }
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """How a step's responses group, for the loss weights and the per-group metrics.
+
+    teacher_B: the teacher of each response (micro-batches never mix teachers);
+    weight_B: each response's loss weight (its teacher's `weight`); members: label ->
+    rows, e.g. "teacher/math" and "task/addition", with every label of the run present
+    (empty too) so that torchrun ranks reduce the same list of numbers.
+    """
+
+    teacher_B: list[int]
+    weight_B: list[float]
+    members: dict[str, list[int]]
+
+    @classmethod
+    def single(cls, batch_size: int) -> RowGroups:
+        return cls([0] * batch_size, [1.0] * batch_size, {})
+
+
+def _micro_batches(groups: RowGroups, grad_accumulation: int) -> list[tuple[list[int], float]]:
+    """(rows, loss weight) of each micro-batch: each teacher's rows in `grad_accumulation`
+    interleaved parts."""
+    out = []
+    for teacher in sorted(set(groups.teacher_B)):
+        rows = [b for b, t in enumerate(groups.teacher_B) if t == teacher]
+        for i in range(grad_accumulation):
+            part = rows[i::grad_accumulation]
+            if part:
+                out.append((part, groups.weight_B[part[0]]))
+    return out
+
+
+def _group_means(sums_B: dict[str, Tensor], members: dict[str, list[int]]) -> list[float]:
+    """Flat [overall SUPPORT_METRICS, then each label's, in sorted label order]."""
+    flat = [float(sums_B[k].sum()) for k in SUPPORT_METRICS]
+    for label in sorted(members):
+        index = torch.tensor(members[label], dtype=torch.long)
+        flat += [float(sums_B[k][index].sum()) for k in SUPPORT_METRICS]
+    return flat
+
+
+def _means(flat: Sequence[float]) -> dict[str, float]:
+    values = dict(zip(SUPPORT_METRICS, flat, strict=True))
+    positions = values.pop("positions")
+    means = {k: v / positions for k, v in values.items()} if positions else {}
+    means["positions"] = positions
+    return means
 
 
 def train_step(
@@ -258,25 +314,32 @@ def train_step(
     autocast: Any = contextlib.nullcontext,
     body: torch.nn.Module | None = None,
     parallel: Parallel = Parallel(),  # noqa: B008 (frozen, a world of one)
+    groups: RowGroups | None = None,
 ) -> StepResult:
-    """Forward, loss, backward over `grad_accumulation` micro-batches, clip, AdamW step.
+    """Forward, loss, backward over the micro-batches, clip, AdamW step.
 
-    Under torchrun `body` is the DDP-wrapped student and the loss, token count and metrics
-    returned are the whole world's."""
+    The loss is the token-mean over every response of the step, each response weighted by
+    `groups.weight_B`. Under torchrun `body` is the DDP-wrapped student and the loss, token
+    count and metrics returned are the whole world's."""
     B = len(rollouts.response_ids)
-    splits = [list(range(B))[i::grad_accumulation] for i in range(grad_accumulation)]
-    splits = [sorted(s) for s in splits if s]
+    groups = groups or RowGroups.single(B)
     if cfg.variant == "sampled_token":
         local_total = int(scored.token_mask_BT.sum())
     else:
         local_total = int(scored.support.mask_BT.sum())  # entropy filtering narrows per micro
     total = int(parallel.all_reduce_sum([local_total])[0])
+    splits = _micro_batches(groups, grad_accumulation)
     no_sync = getattr(body, "no_sync", contextlib.nullcontext)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum, tokens_sum = 0.0, 0
-    sums: dict[str, float] = {}
-    for i, rows in enumerate(splits):
+    teachers = sorted(set(groups.teacher_B) | {0})
+    teacher_loss = dict.fromkeys(teachers, 0.0)
+    teacher_tokens = dict.fromkeys(teachers, 0.0)
+    sums_B = {k: torch.zeros(B, dtype=torch.float64) for k in SUPPORT_METRICS}
+    if not splits:  # nothing to learn from on this rank: DDP still needs its backward
+        _zero_backward(model, body, pad_id)
+    for i, (rows, group_weight) in enumerate(splits):
         last = i == len(splits) - 1
         # DDP averages gradients over ranks; scaling by the world size turns that mean back
         # into the sum of every rank's token-weighted share.
@@ -285,22 +348,44 @@ def train_step(
                 model, rollouts, scored, rows, cfg, pad_id, autocast, body
             )
             weight = tokens / max(total, 1) if total else 1.0 / (len(splits) * parallel.world_size)
-            (loss * (weight * parallel.world_size)).backward()
-        loss_sum += float(loss.detach()) * weight
+            (loss * (weight * group_weight * parallel.world_size)).backward()
+        loss_sum += float(loss.detach()) * weight * group_weight
         tokens_sum += tokens
+        teacher = groups.teacher_B[rows[0]]
+        teacher_loss[teacher] += float(loss.detach()) * tokens
+        teacher_tokens[teacher] += tokens
+        index = torch.tensor(rows, dtype=torch.long)
         for key in SUPPORT_METRICS:
-            sums[key] = sums.get(key, 0.0) + metrics[key]
-    keys = sorted(SUPPORT_METRICS)
-    reduced = parallel.all_reduce_sum([loss_sum, tokens_sum, *(sums[k] for k in keys)])
+            sums_B[key][index] = metrics[key]
+    flat = _group_means(sums_B, groups.members)
+    per_teacher = [v for t in teachers for v in (teacher_loss[t], teacher_tokens[t])]
+    reduced = parallel.all_reduce_sum([loss_sum, tokens_sum, *per_teacher, *flat])
     loss_sum, tokens_sum = reduced[0], int(reduced[1])
-    sums = dict(zip(keys, reduced[2:], strict=True))
+    n_teacher = 2 * len(teachers)
+    pairs = reduced[2 : 2 + n_teacher]
+    losses_by_teacher = {
+        t: pairs[2 * j] / pairs[2 * j + 1] for j, t in enumerate(teachers) if pairs[2 * j + 1]
+    }
+    flat = reduced[2 + n_teacher :]
+    n = len(SUPPORT_METRICS)
+    by_label = {
+        label: _means(flat[n * (j + 1) : n * (j + 2)])
+        for j, label in enumerate(sorted(groups.members))
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    positions = sums.pop("positions", 0.0)
-    means = {k: v / positions for k, v in sums.items()} if positions else {}
-    means["positions"] = positions
-    return StepResult(loss_sum, grad_norm, lr, tokens_sum, means)
+    return StepResult(
+        loss_sum, grad_norm, lr, tokens_sum, _means(flat[:n]), by_label, losses_by_teacher
+    )
+
+
+def _zero_backward(model: Any, body: torch.nn.Module | None, pad_id: int) -> None:
+    """A backward of 0 through every parameter, so DDP's all-reduce runs on this rank."""
+    device = lm_head_weight(model).device
+    ids_BL = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    hidden_BLD = (body or HiddenStates(model))(ids_BL, torch.ones_like(ids_BL))
+    (hidden_BLD.sum() * 0 + lm_head_weight(model).sum() * 0).backward()
