@@ -25,6 +25,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _popen(
+    command: list[str], log: Path | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Starts `command` with stdout and stderr appended to the file `log` (so a process
+    started again keeps its predecessor's lines), or, without `log`, stdout dropped and
+    stderr piped."""
+    if log is None:
+        return subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+    with log.open("a", encoding="utf-8") as handle:
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, text=True, env=env
+        )
+
+
+def _early_exit(name: str, process: subprocess.Popen[str], log: Path | None) -> RuntimeError:
+    if log is None:
+        return RuntimeError(f"{name} exited early: {process.stderr.read()}")  # type: ignore[union-attr]
+    return RuntimeError(f"{name} exited early (log {log}): {log.read_text()[-4000:]}")
+
+
 def start_teacher(
     model_dir: Path,
     port: int,
@@ -34,13 +56,15 @@ def start_teacher(
     python: str | Path = sys.executable,
     backend: str = "hf",
     statuses: list[int] | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[str]:
     """`opd-teacher serve` on `model_dir`, returned once its readiness is SERVING.
 
     `extra` flags come last, so they override the defaults given here. `python` is the
     interpreter that serves (the vllm backend runs in `.venv-vllm`); `statuses`, when
-    given, collects every readiness status seen while waiting."""
-    process = subprocess.Popen(
+    given, collects every readiness status seen while waiting; `log`, when given, is the
+    file that gets the process's stdout and stderr (else stderr is a pipe)."""
+    process = _popen(
         [
             str(python),
             "-m",
@@ -60,17 +84,15 @@ def start_teacher(
             "warning",
             *extra,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        log,
+        env,
     )
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"teacher exited early: {process.stderr.read()}")  # type: ignore[union-attr]
+                raise _early_exit("teacher", process, log)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if statuses is not None:
@@ -84,9 +106,12 @@ def start_teacher(
     raise TimeoutError(f"teacher on port {port} not SERVING after {timeout_s} s")
 
 
-def start_gateway(port: int, *args: str, timeout_s: float = 60) -> subprocess.Popen[str]:
-    """`opd-gateway --port PORT ARGS...`, returned once /healthz answers."""
-    process = subprocess.Popen(
+def start_gateway(
+    port: int, *args: str, timeout_s: float = 60, log: Path | None = None
+) -> subprocess.Popen[str]:
+    """`opd-gateway --port PORT ARGS...`, returned once /healthz answers; `log` as for
+    `start_teacher`."""
+    process = _popen(
         [
             sys.executable,
             "-m",
@@ -97,14 +122,12 @@ def start_gateway(port: int, *args: str, timeout_s: float = 60) -> subprocess.Po
             "warning",
             *args,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        log,
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gateway exited early: {process.stderr.read()}")  # type: ignore[union-attr]
+            raise _early_exit("gateway", process, log)
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return process

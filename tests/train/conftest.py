@@ -9,7 +9,6 @@ subprocess runs and in-process runs see the same teacher.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from processes import free_port, start_teacher, stop
-
-from opd_teacher.tiny import CHAT_TEMPLATE, synthetic_corpus
+from students import build_cross_tok_student, build_same_tok_student, write_prompts
 
 
 @pytest.fixture(scope="session")
@@ -39,81 +37,21 @@ def teacher_address(tiny_teacher_dir: Path) -> Iterator[str]:
         stop(process)
 
 
-def _save_llama(path: Path, tokenizer: Any, hidden: int, layers: int, seed: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def same_tok_student(tiny_teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh 1-layer student that shares the teacher's tokenizer (identity bridge)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_teacher_dir)
-    return _save_llama(tmp_path_factory.mktemp("student-same"), tok, 32, 1, seed=1)
+    return build_same_tok_student(tiny_teacher_dir, tmp_path_factory.mktemp("student-same"))
 
 
 @pytest.fixture(scope="session")
 def cross_tok_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer student with its own byte-level BPE (vocab 300) and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(synthetic_corpus(500, seed=7), trainer)
-    template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        chat_template=template,
-    )
-    assert template != CHAT_TEMPLATE
-    return _save_llama(tmp_path_factory.mktemp("student-cross"), hf, 32, 1, seed=2)
+    return build_cross_tok_student(tmp_path_factory.mktemp("student-cross"))
 
 
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    lines = [
-        {"prompt": "the teacher adds", "task": "words"},
-        {"messages": [{"role": "user", "content": "3+4"}], "answer": "7"},
-        {"prompt": "1 2 3"},
-        {"messages": [{"role": "user", "content": "count to 5"}]},
-    ]
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")
 
 
 MakeConfig = Callable[..., Path]
