@@ -1,7 +1,8 @@
 """Channels to one or several teacher replicas.
 
-A list of addresses gets one channel per replica and calls go round-robin over them, so
-a retry after UNAVAILABLE lands on the next replica. A single `dns:///name:port` target
+A list of addresses gets one channel per replica and calls go round-robin over them,
+passing over a replica whose channel is failing, so a retry after UNAVAILABLE lands on
+the next replica and a dead one stops taking turns. A single `dns:///name:port` target
 gets one channel with gRPC's own round_robin policy over every address the name
 resolves to (a Kubernetes headless service). Keep-alive and message caps come from
 opd_protos, the same values the server allows.
@@ -19,6 +20,7 @@ from opd.teacher.v1 import teacher_pb2_grpc
 from opd_protos import grpc_message_options
 from opd_protos.names import client_keepalive_options
 
+_FAILING = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
@@ -50,6 +52,14 @@ class Replicas:
         return list(self._channels)
 
     def next_stub(self) -> teacher_pb2_grpc.TeacherServiceStub:
+        """The next replica in turn, passing over those whose channel is failing (a
+        killed replica would otherwise take every other call, and its retry); when all
+        are failing, the next one anyway (gRPC reconnects on use)."""
+        for _ in range(len(self._stubs)):
+            index = next(self._next)
+            state = self._channels[index].get_state(try_to_connect=False)
+            if state not in _FAILING:
+                return self._stubs[index]
         return self._stubs[next(self._next)]
 
     async def close(self) -> None:

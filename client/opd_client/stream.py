@@ -96,8 +96,14 @@ class ScoreStream:
         request = build_request(request_id, token_ids, **{**self._defaults, **options})
         future: asyncio.Future[ScoreOutput] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        async with self._write_lock:
-            await self._call.write(request)
+        try:
+            async with self._write_lock:
+                await self._call.write(request)
+        except BaseException:
+            # Nobody will await this future: cancel it rather than leave an error unread.
+            self._pending.pop(request_id, None)
+            future.cancel()
+            raise
         return future
 
     async def score(

@@ -52,6 +52,23 @@ async def test_calls_round_robin_over_replicas_and_fail_over(
         assert len(engines[1].batches) == 7, "every call after the drain went to replica 1"
 
 
+async def test_a_dead_replica_stops_taking_turns(
+    start_server, word_tokenizer_dir, free_port: int
+) -> None:
+    """Streams have no per-call retry, so one sent to a dead replica fails: once its
+    channel is failing, round-robin passes over it and every stream reaches the live one."""
+    engine = FakeEngine(word_tokenizer_dir)
+    live = await start_server(engine)
+    targets = [f"127.0.0.1:{free_port}", f"127.0.0.1:{live.port}"]  # nothing on free_port
+    async with TeacherClient(targets, timeout_s=10) as teacher:
+        await teacher.score([1, 2, 3], top_k=2)  # may try the dead one first, then fails over
+        for i in range(6):
+            async with teacher.stream() as stream:
+                out = await stream.score([1, 2, 3 + i], top_k=2)
+            assert out.topk_ids_PK.shape == (3, 2)
+    assert len(engine.batches) == 7
+
+
 async def test_resource_exhausted_is_retried_until_admitted(
     start_server, word_tokenizer_dir
 ) -> None:

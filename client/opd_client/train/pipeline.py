@@ -111,19 +111,30 @@ class TeacherSession:
     ) -> concurrent.futures.Future[tuple[list[ScoreOutput], list[float]]]:
         """`score_all` without waiting: the future holds its answer (or its error)."""
 
+        async def timed(
+            started: float, future: asyncio.Future[ScoreOutput]
+        ) -> tuple[ScoreOutput, float]:
+            output = await future
+            return output, asyncio.get_running_loop().time() - started
+
         async def go() -> tuple[list[ScoreOutput], list[float]]:
             loop = asyncio.get_running_loop()
             async with self._client.stream() as stream:
-                sent: list[tuple[float, asyncio.Future[ScoreOutput]]] = []
-                for request in requests:
-                    ids = request["token_ids"]
-                    options = {k: v for k, v in request.items() if k != "token_ids"}
-                    sent.append((loop.time(), await stream.submit(ids, **options)))
-                outputs, latencies = [], []
-                for started, future in sent:
-                    outputs.append(await future)
-                    latencies.append(loop.time() - started)
-                return outputs, latencies
+                sent = []
+                try:
+                    for request in requests:
+                        ids = request["token_ids"]
+                        options = {k: v for k, v in request.items() if k != "token_ids"}
+                        sent.append(timed(loop.time(), await stream.submit(ids, **options)))
+                finally:
+                    # Every answer is collected, errors too, so none is left unread.
+                    answers = await asyncio.gather(*sent, return_exceptions=True)
+                done: list[tuple[ScoreOutput, float]] = []
+                for answer in answers:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    done.append(answer)
+                return [output for output, _ in done], [latency for _, latency in done]
 
         return asyncio.run_coroutine_threadsafe(go(), self._loop)
 
