@@ -192,3 +192,24 @@ def test_overlapped_scoring_gives_the_sequential_run(
     records = read_metrics(tmp_path / "ovl")
     assert all(r["teacher_blocked_s"] >= 0 for r in records)
     assert records[1]["teacher_wait_s"] == 0.0  # the SDK-level retry needed no long wait
+
+
+def test_gradient_checkpointing_changes_nothing_and_bf16_stays_close(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The memory knobs on CPU: recomputing activations gives the same steps; bf16
+    autocast (weights stay fp32) gives the same first loss to bf16 precision and trains."""
+    common = dict(max_steps=3, checkpoint__interval=3)
+    plain = train(load_config(make_config(run_dir=tmp_path / "fp32", **common)))
+    recompute = train(
+        load_config(make_config(run_dir=tmp_path / "gc", gradient_checkpointing=True, **common))
+    )
+    assert recompute.losses == pytest.approx(plain.losses, abs=1e-6)
+    bf16 = train(load_config(make_config(run_dir=tmp_path / "bf16", precision="bf16", **common)))
+    assert all(torch.isfinite(torch.tensor(bf16.losses)))
+    assert bf16.losses[0] == pytest.approx(plain.losses[0], rel=3e-2)
+    config = load_config(make_config(run_dir=tmp_path / "bf16", precision="bf16", **common))
+    moved = _weights(tmp_path / "bf16/checkpoints/step-00000003/model")
+    start = _weights(Path(config.student))
+    assert all(t.dtype == torch.float32 for t in moved.values())  # master weights stay fp32
+    assert any(not torch.equal(moved[n], start[n]) for n in start)  # and they trained

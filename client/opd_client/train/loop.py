@@ -242,8 +242,9 @@ class _Job:
             truncate_metrics(self.run_dir, start)
             truncate_metrics(self.run_dir, start + 1, EVAL_FILE)  # the eval at `start` stays
         parallel.barrier()
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        if config.gradient_checkpointing:  # transformers 5 renamed it
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
         body = data_parallel(model, parallel)
         o = config.optim
         self.optimizer = optimizer = torch.optim.AdamW(
