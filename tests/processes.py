@@ -12,11 +12,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -136,6 +140,30 @@ def start_gateway(
         time.sleep(0.1)
     stop(process)
     raise TimeoutError(f"gateway on port {port} not answering after {timeout_s} s")
+
+
+def start_trainer(
+    config: Path, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`opd-train run CONFIG EXTRA...`, its output appended to `log` (a restarted job keeps
+    its predecessor's lines)."""
+    command = [sys.executable, "-m", "opd_client.train.cli", "run", str(config), *extra]
+    return _popen(command, log, env)
+
+
+def wait_until(
+    ready: Callable[[], T], process: subprocess.Popen[str], log: Path, timeout_s: float = 120
+) -> T:
+    """Polls `ready()` every 50 ms until it is truthy and returns its value; fails with the
+    tail of `log` if `process` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := ready()):
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}: {log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not ready after {timeout_s} s: {log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return value
 
 
 def stop(process: subprocess.Popen[str], timeout_s: float = 15) -> int:

@@ -26,7 +26,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from typing import TypeVar
 
 import pytest
 import yaml
-from processes import free_port, start_gateway, start_teacher, stop
+from processes import free_port, start_gateway, start_teacher, start_trainer, stop
 from students import build_cross_tok_student, build_same_tok_student, write_prompts
 from topology_watch import (
     PROBE_EVERY_S,
@@ -62,6 +61,7 @@ JOBS = ("same-a", "same-b", "cross")  # run_dir names; the client is opd-train:<
 BATCH_WAIT_MS = 400
 SCENARIO_BUDGET_S = 240  # hard bound of the whole scenario, start-up included
 MAX_503_WINDOW_S = 5.0
+INFO = ("--log-level", "info")  # the restart's "resuming from" line is at info
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 T = TypeVar("T")
@@ -125,18 +125,6 @@ def _write_config(root: Path, job: str, student: Path, prompts: Path, addresses:
     return path
 
 
-def _start_trainer(config: Path, log: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "opd_client.train.cli", "run", str(config)]
-    with log.open("a", encoding="utf-8") as handle:
-        return subprocess.Popen(
-            [*command, "--log-level", "info"],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=CHILD_ENV,
-        )
-
-
 def _latest_step(run_dir: Path) -> int:
     latest = run_dir / "checkpoints" / "latest"
     return int(latest.read_text().strip().removeprefix("step-")) if latest.is_file() else 0
@@ -193,7 +181,9 @@ def _run_scenario(teacher_dir: Path, root: Path) -> Scenario:
         addresses = ",".join(f"127.0.0.1:{grpc_ports[n]}" for n in ("a", "b"))
         configs = {job: _write_config(root, job, students[job], prompts, addresses) for job in JOBS}
         for job in JOBS:
-            trainers[job] = _start_trainer(configs[job], log_dir / f"train-{job}.log")
+            trainers[job] = start_trainer(
+                configs[job], log_dir / f"train-{job}.log", *INFO, env=CHILD_ENV
+            )
         gateway_port = free_port()
         gateway = start_gateway(
             gateway_port,
@@ -239,7 +229,9 @@ def _run_scenario(teacher_dir: Path, root: Path) -> Scenario:
         scenario.t_kill = time.monotonic()
         scenario.steps_at_kill = scenario.sample()
         scenario.resumed_from = _latest_step(scenario.run_dirs[victim])
-        trainers[victim] = _start_trainer(configs[victim], log_dir / f"train-{victim}-restart.log")
+        trainers[victim] = start_trainer(
+            configs[victim], log_dir / f"train-{victim}-restart.log", *INFO, env=CHILD_ENV
+        )
 
         def all_done() -> bool:
             scenario.sample()

@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from processes import free_port, start_teacher, stop
+from processes import free_port, start_teacher, start_trainer, stop, wait_until
 from transformers import AutoTokenizer
 
 from opd_client.train import pipeline
@@ -147,36 +145,23 @@ def test_one_teacher_killed_mid_run_delays_only_its_prompts(
         checkpoint__interval=7,
     )
     teacher = start_teacher(cross_tok_student, port, "--max-batch-sequences", "1", env=ONE_THREAD)
-    log = (tmp_path / "trainer.log").open("w")
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "opd_client.train.cli", "run", str(config)],
-        env=ONE_THREAD,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "trainer.log"
+    trainer = start_trainer(config, log, env=ONE_THREAD)
     try:
-        deadline = time.monotonic() + 120
-        while len(read_metrics(tmp_path / "run")) < 3 and time.monotonic() < deadline:
-            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
-            time.sleep(0.05)
+        wait_until(lambda: len(read_metrics(tmp_path / "run")) >= 3, trainer, log)
         teacher.send_signal(signal.SIGKILL)
         teacher.wait()
-        while (
-            not any(r["requeued"] for r in read_metrics(tmp_path / "run"))
-            and time.monotonic() < deadline
-        ):
-            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
-            time.sleep(0.05)
+        requeued = lambda: any(r["requeued"] for r in read_metrics(tmp_path / "run"))  # noqa: E731
+        wait_until(requeued, trainer, log)
         time.sleep(2.0)  # the other teacher's prompts go on training meanwhile
         teacher = start_teacher(
             cross_tok_student, port, "--max-batch-sequences", "1", env=ONE_THREAD
         )
-        assert trainer.wait(timeout=240) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+        assert trainer.wait(timeout=240) == 0, log.read_text()[-3000:]
     finally:
         if trainer.poll() is None:
             trainer.kill()
         stop(teacher)
-        log.close()
 
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == list(range(14))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from processes import free_port, start_teacher, stop
+from processes import free_port, start_teacher, start_trainer, stop, wait_until
 
 from opd_client.train.metrics import read_metrics
 
@@ -48,31 +48,21 @@ def test_teacher_killed_and_restarted_mid_run_loses_no_step(
     own = [{"address": f"127.0.0.1:{port}", "top_k": 8, "timeout_s": 5}]
     config = make_config(run_dir=tmp_path / "run", teachers=own, **STEPS)
     teacher = _teacher(tiny_teacher_dir, port)
-    log = (tmp_path / "trainer.log").open("w")
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "opd_client.train.cli", "run", str(config)],
-        env=ONE_THREAD,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "trainer.log"
+    trainer = start_trainer(config, log, env=ONE_THREAD)
     try:
-        deadline = time.monotonic() + 120
-        while len(read_metrics(tmp_path / "run")) < 2 and time.monotonic() < deadline:
-            assert trainer.poll() is None, (tmp_path / "trainer.log").read_text()[-3000:]
-            time.sleep(0.05)
+        wait_until(lambda: len(read_metrics(tmp_path / "run")) >= 2, trainer, log)
         teacher.send_signal(signal.SIGKILL)
         teacher.wait()
         killed_after = len(read_metrics(tmp_path / "run"))
         time.sleep(4.0)  # long enough for the SDK's own retries to give up
         assert trainer.poll() is None, "the trainer must wait for its teacher, not exit"
         teacher = _teacher(tiny_teacher_dir, port)
-        assert trainer.wait(timeout=180) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+        assert trainer.wait(timeout=180) == 0, log.read_text()[-3000:]
     finally:
         if trainer.poll() is None:
             trainer.kill()
         stop(teacher)
-        log.close()
 
     assert killed_after < STEPS["max_steps"], "the teacher must die mid-run"
     records = read_metrics(tmp_path / "run")
