@@ -15,7 +15,7 @@ STAMP := $(VENV)/.opd-installed
 PYPROJECTS := protos/pyproject.toml client/pyproject.toml services/teacher/pyproject.toml \
 	services/gateway/pyproject.toml requirements/dev.txt
 
-.PHONY: install install-vllm protos browser test demo demo-teacher bench lint format clean
+.PHONY: install install-vllm protos browser real-tokenizers test demo demo-teacher bench lint format clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -60,7 +60,12 @@ $(STAMP_VLLM): $(PYPROJECTS) | $(GENERATED)
 browser: install
 	VENV=$(VENV) bash scripts/install-browser.sh
 
-test: install browser install-vllm
+# Real production tokenizers (from the llama-cpp-python sdist, converted once) for the
+# bridge's tests: fetched here, before pytest, so a slow download never times a test out.
+real-tokenizers: install
+	$(PY) tests/real_tokenizers.py
+
+test: install browser install-vllm real-tokenizers
 	$(PY) -m pytest
 
 # The distillation demo: demo models (cached), the teacher service, OPD, accuracy, plots.
@@ -79,6 +84,7 @@ bench: install install-vllm
 	bash benchmarks/setup_bench_env.sh
 	$(PY) benchmarks/losses.py --json $(BENCH_OUT)/losses.json
 	$(PY) benchmarks/gateway.py --json-out $(BENCH_OUT)/gateway.json
+	$(PY) benchmarks/sharing.py --json-out $(BENCH_OUT)/sharing.json
 	$(PY) benchmarks/estimator_variance.py
 	$(PY) benchmarks/method.py --json-out $(BENCH_OUT)/method.json
 
