@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="model dtype; auto = float32 on CPU, bfloat16 on GPU (vllm: from the model config)",
     )
+    serve.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load a model directory whose auto_map points at Python files in it, running "
+        "that code (off: such a directory is refused)",
+    )
     _add_vllm_flags(serve)
     serve.add_argument("--max-top-k", type=int, default=_DEFAULTS.max_top_k, help="largest top_k")
     serve.add_argument(
@@ -190,11 +196,19 @@ def _engine(args: argparse.Namespace, max_top_k: int) -> ScoringEngine:
             max_model_len=args.max_model_len,
             enable_prefix_caching=args.enable_prefix_caching,
             enforce_eager=args.enforce_eager,
+            trust_remote_code=args.trust_remote_code,
         )
         return VLLMEngine(vllm_config, max_top_k=max_top_k)
     from opd_teacher.engine.hf import HFEngine
 
-    return HFEngine(HFEngineConfig(model_dir=args.model, device=args.device, dtype=args.dtype))
+    return HFEngine(
+        HFEngineConfig(
+            model_dir=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    )
 
 
 def server_config(args: argparse.Namespace, with_auth: bool = True) -> ServerConfig:

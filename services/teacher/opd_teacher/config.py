@@ -7,6 +7,7 @@ any model is loaded.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,31 @@ class ConfigError(ValueError):
 def _require(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {problem}")
+
+
+def _code_targets(auto_map: object) -> list[str]:
+    values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    return sorted({str(v) for v in flat if v})
+
+
+def _require_no_remote_code(model_dir: Path, trusted: bool) -> None:
+    """Loading a directory whose config maps classes to Python files in it (`auto_map`)
+    would run those files; refused unless the operator said the directory is trusted."""
+    if trusted:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(model_dir) / name
+        try:
+            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue  # missing or unreadable: the loader reports it
+        if auto_map:
+            raise ConfigError(
+                f"model_dir: {path} maps classes to code in the model directory (auto_map: "
+                f"{', '.join(_code_targets(auto_map))[:200]}); opd-teacher runs no code from "
+                "a model directory: pass --trust-remote-code only for one you trust"
+            )
 
 
 @dataclass(frozen=True)
@@ -66,9 +92,12 @@ class HFEngineConfig:
     """'cpu' or 'cuda' (or 'cuda:N')."""
     dtype: str = "auto"
     """'auto' (float32 on CPU, bfloat16 on GPU), 'float32', 'bfloat16' or 'float16'."""
+    trust_remote_code: bool = False
+    """Load a directory whose `auto_map` points at Python files in it (runs that code)."""
 
     def __post_init__(self) -> None:
         _require(Path(self.model_dir).is_dir(), "model_dir", f"{self.model_dir} is not a directory")
+        _require_no_remote_code(Path(self.model_dir), self.trust_remote_code)
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             "device",
@@ -103,9 +132,12 @@ class VLLMEngineConfig:
     """vLLM's prefix cache (README: scoring requests do not read it in vLLM 0.32)."""
     enforce_eager: bool = False
     """No CUDA graphs or compilation: faster start, slower steps; needed on CPU."""
+    trust_remote_code: bool = False
+    """Load a directory whose `auto_map` points at Python files in it (runs that code)."""
 
     def __post_init__(self) -> None:
         _require(Path(self.model_dir).is_dir(), "model_dir", f"{self.model_dir} is not a directory")
+        _require_no_remote_code(Path(self.model_dir), self.trust_remote_code)
         _require(
             self.dtype in ("auto", "float32", "bfloat16", "float16"),
             "dtype",

@@ -71,7 +71,9 @@ class HFEngine(ScoringEngine):
         model_dir = Path(self.config.model_dir)
         self._tokenizer = TeacherTokenizer(model_dir)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_torch_dtype(self.config), trust_remote_code=False
+            model_dir,
+            dtype=_torch_dtype(self.config),
+            trust_remote_code=self.config.trust_remote_code,
         )
         model.to(torch.device(self.config.device)).eval()  # type: ignore[arg-type]
         self._model = model

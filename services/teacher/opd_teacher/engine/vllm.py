@@ -60,6 +60,7 @@ class VLLMEngine(ScoringEngine):
             "max_model_len": config.max_model_len,
             "enable_prefix_caching": config.enable_prefix_caching,
             "enforce_eager": config.enforce_eager,
+            "trust_remote_code": config.trust_remote_code,
             "max_logprobs": self.max_top_k,
             "logprobs_mode": "raw_logprobs",
             "disable_log_stats": True,
