@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -110,8 +111,24 @@ def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, meta
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds more than tensors (a crafted or foreign pickle): refused."""
+
+
+def _load_tensors(file: Path) -> Any:
+    """torch's loader restricted to tensors and plain containers; anything else (a pickle
+    that would build arbitrary objects, or run code) is refused, never executed."""
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"{file}: refused, it holds more than tensors ({first[:160]})"
+        ) from None
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    tensors = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    tensors = _load_tensors(path / "optimizer.pt")
     meta = json.loads((path / "optimizer.json").read_text())
     state: dict[int, dict[str, Any]] = {}
     for pid, slot in meta["state"].items():
@@ -212,7 +229,7 @@ def remove_partial(ckpt_dir: Path) -> None:
 
 
 def load_rng(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path / "rng.pt", weights_only=True, map_location="cpu")
+    return _load_tensors(path / "rng.pt")
 
 
 def export_checkpoint(source: Path, out: Path) -> Path:

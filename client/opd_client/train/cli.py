@@ -42,6 +42,7 @@ def _quiet_libraries() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from opd_client.train.checkpoint import UnsafeCheckpointError
     from opd_client.train.config import ConfigError
     from opd_client.train.config_load import load_config
     from opd_client.train.pipeline import TeacherUnavailableError
@@ -53,7 +54,7 @@ def run_command(args: argparse.Namespace) -> int:
         from opd_client.train.loop import train
 
         result = train(config, allow_teacher_change=args.allow_teacher_change)
-    except ConfigError as err:
+    except (ConfigError, UnsafeCheckpointError) as err:
         return _fail(str(err))
     except TeacherUnavailableError as err:
         return _fail(f"{err}; checkpoint written, rerun the same command to resume", 3)
