@@ -4,6 +4,8 @@ and the code never runs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opd_client.train.checkpoint import UnsafeCheckpointError, load_rng
+from opd_client.train.checkpoint import MANIFEST, UnsafeCheckpointError, load_rng
 from opd_client.train.cli import main
 
 MakeConfig = Callable[..., Path]  # the `make_config` fixture of tests/train/conftest.py
@@ -35,6 +37,15 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused(
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
     marker = tmp_path / "code-ran"
     torch.save({"cpu": _Payload(marker)}, checkpoint / "rng.pt")
+    # Whoever can write the file can rewrite the manifest too: it guards against torn
+    # writes, the tensors-only loader against this.
+    crafted = checkpoint / "rng.pt"
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    manifest["files"]["rng.pt"] = {
+        "size": crafted.stat().st_size,
+        "sha256": hashlib.sha256(crafted.read_bytes()).hexdigest(),
+    }
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(UnsafeCheckpointError, match=r"rng\.pt: refused"):
         load_rng(checkpoint)
     capsys.readouterr()

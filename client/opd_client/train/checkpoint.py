@@ -1,11 +1,13 @@
 """Atomic, pickle-free checkpoints that a run killed at any moment resumes from exactly.
 
 Why this module exists: a job may be SIGKILLed at any instant, including in the middle of
-a save. So a checkpoint is written into a temporary directory, every file and the
-directory fsynced, then renamed to `step-NNNNNNNN` (rename is atomic) and the parent
-fsynced; after that a `latest` pointer file is replaced atomically the same way. A
-directory without `state.json` (written last) is never used; resume picks the newest
-complete `step-*`, so a kill between the rename and the pointer loses nothing.
+a save. So a checkpoint is written into a temporary directory on the same filesystem,
+every file fsynced, then `manifest.json` (each file's size and sha256) is written last,
+the directory is renamed to `step-NNNNNNNN` (rename is atomic) and the parent fsynced;
+after that a `latest` pointer file is replaced atomically the same way. Resume takes the
+newest `step-*` whose manifest verifies (a directory without one is never used; one whose
+files no longer match it — a torn copy, a flipped bit — is passed over with a warning),
+so a kill between the rename and the pointer loses nothing.
 
 Contents: `model/` (save_pretrained: safetensors + config + the student's tokenizer, so
 it is also what `opd-train export` copies), `optimizer.pt` (tensor-only dict) with
@@ -20,7 +22,9 @@ What it does not know: how the state is used; the loop decides what to save and 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -31,9 +35,11 @@ from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 LATEST = "latest"
+MANIFEST = "manifest.json"
 # Test hook only: seconds to sleep between the files of a save (to SIGKILL mid-save).
 SAVE_SLEEP_ENV = "OPD_TRAIN_TEST_SAVE_SLEEP_S"
 
@@ -171,6 +177,9 @@ def save_checkpoint(
         if file.is_file():
             _fsync_file(file)
     _fsync_dir(tmp / "model")
+    _pause()
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1, sort_keys=True))
+    _fsync_file(tmp / MANIFEST)
     _fsync_dir(tmp)
     _pause()
     if final.exists():  # a re-save of the same step (e.g. after a teacher timeout)
@@ -184,21 +193,59 @@ def save_checkpoint(
     return final
 
 
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    files = sorted(f for f in directory.rglob("*") if f.is_file() and f.name != MANIFEST)
+    return {
+        "files": {
+            str(f.relative_to(directory)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+            for f in files
+        }
+    }
+
+
+def verify_manifest(path: Path) -> bool:
+    """True when `path/manifest.json` exists and every file it lists has its size and
+    sha256 (and no listed file is missing)."""
+    try:
+        listed = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name, entry in listed.items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != entry["size"]:
+            return False
+        if _sha256(file) != entry["sha256"]:
+            return False
+    return True
+
+
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete `step-*` directories, oldest first."""
+    """`step-*` directories with a manifest (written last), oldest first."""
     if not ckpt_dir.is_dir():
         return []
     found = [
         p
         for p in ckpt_dir.iterdir()
-        if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / "state.json").is_file()
+        if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / MANIFEST).is_file()
     ]
     return sorted(found, key=lambda p: p.name)
 
 
 def find_latest(ckpt_dir: Path) -> Checkpoint | None:
-    found = complete_checkpoints(ckpt_dir)
-    return read_checkpoint(found[-1]) if found else None
+    """The newest checkpoint whose manifest verifies; newer ones that do not are logged."""
+    for path in reversed(complete_checkpoints(ckpt_dir)):
+        if verify_manifest(path):
+            return read_checkpoint(path)
+        logger.warning("checkpoint %s does not match its manifest; passed over", path)
+    return None
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -209,6 +256,8 @@ def resolve_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint from its own directory, a checkpoints directory (its newest) or a run
     directory (`<run>/checkpoints`, newest)."""
     if (path / "state.json").is_file():
+        if not verify_manifest(path):
+            raise FileNotFoundError(f"{path}: its files do not match its {MANIFEST}")
         return read_checkpoint(path)
     for candidate in (path, path / "checkpoints"):
         ckpt = find_latest(candidate)

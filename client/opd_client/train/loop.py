@@ -186,7 +186,7 @@ class _Job:
     def save(self, step: int, rng: dict[str, torch.Tensor], data: _DataState) -> None:
         path = self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:08d}"
         # The state of a step is always the same, so an existing one is kept.
-        if self.parallel.is_main and not (path / "state.json").is_file():
+        if self.parallel.is_main and not (path / ckpt.MANIFEST).is_file():
             assert self.optimizer is not None
             state = {
                 "data_position": data.position,
