@@ -15,7 +15,7 @@ STAMP := $(VENV)/.opd-installed
 PYPROJECTS := protos/pyproject.toml client/pyproject.toml services/teacher/pyproject.toml \
 	services/gateway/pyproject.toml requirements/dev.txt
 
-.PHONY: install install-vllm protos browser real-tokenizers test demo demo-teacher bench lint format clean
+.PHONY: install install-vllm protos browser test-assets test demo demo-teacher bench lint format clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -60,12 +60,14 @@ $(STAMP_VLLM): $(PYPROJECTS) | $(GENERATED)
 browser: install
 	VENV=$(VENV) bash scripts/install-browser.sh
 
-# Real production tokenizers (from the llama-cpp-python sdist, converted once) for the
-# bridge's tests: fetched here, before pytest, so a slow download never times a test out.
-real-tokenizers: install
+# What the tests need built or fetched once, done before pytest so that a slow machine
+# never times a test out in a fixture: the tiny teacher (cached by a hash of its code)
+# and real production tokenizers (from the llama-cpp-python sdist, converted once).
+test-assets: install
+	$(VENV)/bin/opd-teacher tiny-model
 	$(PY) tests/real_tokenizers.py
 
-test: install browser install-vllm real-tokenizers
+test: install browser install-vllm test-assets
 	$(PY) -m pytest
 
 # The distillation demo: demo models (cached), the teacher service, OPD, accuracy, plots.
