@@ -3,6 +3,7 @@
     python benchmarks/method.py --quick            # 100 steps, 3 seeds (≈ 10 min on 2 cores)
     python benchmarks/method.py                    # 400 steps, 3 seeds (≈ 60 min)
     python benchmarks/method.py --quick --variants lsm,uniform_teacher --seeds 1
+    python benchmarks/method.py --multi --quick    # two tasks, two teachers (method_multi.py)
 
 Why this script exists: the paper's claims (teacher top-K LSM beats sampled-token OPD,
 renormalisation is needed, top-p rollouts are needed, special-token masking is needed)
@@ -111,12 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 steps a run (≈ 10 min)")
     parser.add_argument("--steps", type=int, default=None, help="steps a run (default 400)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, >= 1")
-    parser.add_argument("--heldout", type=int, default=200, help="held-out problems")
+    parser.add_argument(
+        "--heldout", type=int, default=None, help="held-out problems (200; --multi: per task)"
+    )
     parser.add_argument("--target", type=float, default=0.5, help="accuracy for steps-to-target")
-    parser.add_argument("--variants", default=",".join(ARMS), help="comma-separated arms")
-    parser.add_argument("--out", type=Path, default=Path(".cache/bench/method"), help="runs dir")
+    parser.add_argument("--variants", default=None, help="comma-separated arms (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="runs dir (.cache/bench/method)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--multi",
+        action="store_true",
+        help="the two-task study: routed teachers vs one teacher for both (method_multi.py)",
+    )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.multi:
+        import method_multi
+
+        args.out = args.out or Path(".cache/bench/method-multi")
+        return method_multi.run(args)
+    args.heldout = args.heldout or 200
+    args.variants = args.variants or ",".join(ARMS)
+    args.out = args.out or Path(".cache/bench/method")
     args.steps = args.steps or (100 if args.quick else 400)
     arms = [a.strip() for a in args.variants.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]

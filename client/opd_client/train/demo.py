@@ -19,11 +19,13 @@ It needs `opd-teacher` installed beside `opd-client[train]` (as `make install` d
 
     python -m opd_client.train.demo                   # the whole demo (~5 min on 2 cores)
     python -m opd_client.train.demo --steps 40 --run-dir runs/quick
+    python -m opd_client.train.demo --multi           # two tasks, two teachers (demo_multi.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import socket
@@ -50,13 +52,19 @@ def _free_port() -> int:
 
 
 @contextmanager
-def teacher_service(model_dir: Path, *args: str, ready_timeout_s: float = 180) -> Iterator[str]:
+def teacher_service(
+    model_dir: Path, *args: str, ready_timeout_s: float = 180, threads: int | None = None
+) -> Iterator[str]:
     """`opd-teacher serve --model model_dir` on a free loopback port, until SIGTERM on exit;
-    yields its address once its health says SERVING."""
+    yields its address once its health says SERVING. `threads` caps the service's torch
+    threads (OMP_NUM_THREADS), for several services sharing a few cores."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     command = [sys.executable, "-m", "opd_teacher.cli", "serve", "--model", str(model_dir)]
-    server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port), *args])
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), *args], env=env
+    )
     try:
         with SyncTeacherClient(address, timeout_s=10) as teacher:
             teacher.wait_ready(timeout_s=ready_timeout_s)
@@ -98,16 +106,34 @@ def demo_config(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="run directory")
-    parser.add_argument("--steps", type=int, default=400, help="OPD optimiser steps")
-    parser.add_argument("--heldout", type=int, default=200, help="held-out problems to score")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run directory (runs/demo, runs/demo-multi)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="OPD optimiser steps (400; 300)")
+    parser.add_argument(
+        "--heldout", type=int, default=200, help="held-out problems to score (--multi: per task)"
+    )
+    parser.add_argument(
+        "--multi",
+        action="store_true",
+        help="two tasks (addition, sorting), two teachers, routed by task (demo_multi.py)",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
     )
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = 300 if args.multi else 400
     if args.steps < 1 or args.heldout < 1:
         parser.error("--steps and --heldout must be >= 1")
+    if args.multi:
+        from opd_client.train.demo_multi import DEFAULT_RUN_DIR as MULTI_RUN_DIR
+        from opd_client.train.demo_multi import run_multi_demo
+
+        multi_dir = args.run_dir or MULTI_RUN_DIR
+        return run_multi_demo(multi_dir, args.steps, args.heldout, args.fresh, args.set)
+    args.run_dir = args.run_dir or DEFAULT_RUN_DIR
     began = time.perf_counter()
     print("1/4 demo models (built once, then cached)", flush=True)
     teacher_dir = demo_models.ensure_demo_teacher()
